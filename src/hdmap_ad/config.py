@@ -212,6 +212,7 @@ class Params:
     backbones: dict[str, BackboneConfig]
     experiments: dict[str, ExperimentConfig]
     device: str = "cpu"
+    target_experiments: tuple[str, ...] = ()
 
 
 def domain_dir(domain: str) -> str:
@@ -256,7 +257,12 @@ def parse_params(raw: dict[str, Any]) -> Params:
             )
         if not exp.layers:
             raise InputError(f"experiments.{key}.layers: at least one layer is required")
+    targets = tuple(raw.get("targets", {}).get("experiments", list(experiments)))
+    unknown = [t for t in targets if t not in experiments]
+    if unknown:
+        raise InputError(f"targets.experiments: {unknown} are not defined under experiments")
     return Params(
+        target_experiments=targets,
         dataset=DatasetConfig.from_dict(raw["dataset"]),
         domains=tuple(str(d) for d in raw["domains"]),
         backbones=backbones,

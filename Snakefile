@@ -1,0 +1,16 @@
+# hdmap-ad: dataset -> features -> banks -> scores -> metrics.
+# Thin on purpose: every rule calls `python -m hdmap_ad <step>`; helpers live in common.smk.
+configfile: "params.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/banks.smk"
+include: "workflow/rules/scoring.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        "results/metrics.json",

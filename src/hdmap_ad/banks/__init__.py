@@ -1,0 +1,1 @@
+"""Memory banks: reference selection, the cold/warm gate, coreset subsampling, storage."""

@@ -1,0 +1,242 @@
+"""Command line: ``python -m hdmap_ad <step> ...``; every Snakemake rule calls one step.
+
+Each step gets the JSON of exactly the config block it uses (``--spec``), so it is usable
+without Snakemake and Snakemake's params trigger re-runs only what a change touches.
+Bad input exits with code 2 and one line naming the file or key; no output is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from hdmap_ad.errors import InputError
+
+
+def _spec(text: str) -> dict[str, Any]:
+    """Parse ``--spec``: inline JSON, or ``@file.json``."""
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"--spec: not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise InputError("--spec: expected a JSON object")
+    return value
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    from hdmap_ad.config import load_params
+
+    params = load_params(args.params)
+    print(
+        f"{args.params}: ok ({len(params.domains)} domains, {len(params.backbones)} backbones, "
+        f"{len(params.experiments)} experiments)"
+    )
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from hdmap_ad.config import SynthConfig
+    from hdmap_ad.data.synth import write_domain
+
+    write_domain(args.domain, SynthConfig.from_dict(_spec(args.spec)), args.out)
+
+
+def cmd_manifest(args: argparse.Namespace) -> None:
+    from hdmap_ad.data.manifest import scan_domain, write_manifest
+
+    write_manifest(scan_domain(args.domain_root), args.out)
+
+
+def cmd_extract(args: argparse.Namespace) -> None:
+    from hdmap_ad.config import BackboneConfig
+    from hdmap_ad.data.manifest import read_manifest
+    from hdmap_ad.features.extract import extract_to_cache
+
+    spec = _spec(args.spec)
+    cfg = BackboneConfig.from_dict(spec.pop("key"), spec)
+    manifest = read_manifest(args.manifest)
+    out_dir = Path(args.out_dir)
+    out_paths = {layer: str(out_dir / f"{layer}.parquet") for layer in cfg.layers}
+    items = list(zip(manifest.image_id, manifest.path, strict=False))
+    extract_to_cache(items, cfg, out_paths, device=args.device, progress=not args.quiet)
+
+
+def _experiment(args: argparse.Namespace):
+    from hdmap_ad.config import ExperimentConfig
+
+    spec = _spec(args.spec)
+    return ExperimentConfig.from_dict(spec.pop("key"), spec)
+
+
+def cmd_bank(args: argparse.Namespace) -> None:
+    from hdmap_ad.banks.bank import bank_metadata, build_bank, save_bank, write_bank_metadata
+    from hdmap_ad.banks.references import select_references
+    from hdmap_ad.data.manifest import read_manifest
+    from hdmap_ad.features.descriptors import load_descriptors
+
+    exp = _experiment(args)
+    manifest = read_manifest(args.manifest)
+    refs = select_references(manifest, exp.references, f"experiments.{exp.key}.references")
+    desc = load_descriptors(args.features, refs.image_id.tolist())
+    banks, sources, fit, assignment = build_bank(refs, desc, exp)
+    meta = bank_metadata(exp, refs, assignment, fit, banks, desc.shape[1:3])
+    save_bank(args.out, banks, sources, refs.image_id.tolist())
+    write_bank_metadata(args.meta, meta)
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from hdmap_ad.banks.bank import GateFit, load_bank
+    from hdmap_ad.banks.gate import gate_decisions
+    from hdmap_ad.banks.references import scored_rows
+    from hdmap_ad.data.manifest import read_manifest
+    from hdmap_ad.features.descriptors import load_descriptors
+    from hdmap_ad.io import read_json
+    from hdmap_ad.scoring.knn import BankIndex
+    from hdmap_ad.scoring.score import (
+        reference_cv_scores,
+        score_routed,
+        scores_table,
+        write_scores,
+    )
+
+    exp = _experiment(args)
+    meta = read_json(args.meta)
+    fit = GateFit(meta["gate"]["threshold"], meta["gate"]["fit"])
+    manifest = read_manifest(args.manifest)
+    ref_ids = [r["image_id"] for r in meta["references"]]
+    refs = manifest.set_index("image_id").loc[ref_ids].reset_index()
+    test = scored_rows(manifest, refs, exp.references.protocol)
+    indexes = {name: BankIndex(b) for name, b in load_bank(args.bank).items()}
+    decisions = gate_decisions(
+        exp.gate, test.p90.to_numpy(), test.condition.to_numpy(dtype=object), fit.threshold
+    )
+    test_ids = np.asarray(test.image_id.tolist(), dtype=object)
+    scores, patches = score_routed(
+        lambda sel: load_descriptors(args.features, list(test_ids[sel])),
+        decisions, indexes, exp.num_neighbors,
+    )
+    ref_desc = load_descriptors(args.features, ref_ids)
+    cv_scores, cv_patches, cv_dec = reference_cv_scores(refs, ref_desc, exp, fit)
+    write_scores(
+        args.out,
+        [
+            scores_table(test, "test", decisions, scores, patches),
+            scores_table(refs, "reference_cv", cv_dec, cv_scores, cv_patches),
+        ],
+    )
+
+
+def _data_hash(manifest) -> str:
+    h = hashlib.sha256()
+    for image_id, digest in zip(manifest.image_id, manifest.sha256, strict=False):
+        h.update(f"{image_id}:{digest}\n".encode())
+    return h.hexdigest()
+
+
+def cmd_metrics(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from hdmap_ad.data.manifest import read_manifest
+    from hdmap_ad.features.cache import read_metadata
+    from hdmap_ad.io import read_json, write_json
+    from hdmap_ad.metrics.report import build_metrics
+
+    scores = pd.read_parquet(args.scores, columns=["image_id", "role", "label", "condition",
+                                                   "gate", "score"])
+    meta = read_json(args.meta)
+    manifest = read_manifest(args.manifest)
+    provenance = {
+        "domain": args.domain,
+        "data_sha256": _data_hash(manifest),
+        "features": {Path(p).stem: read_metadata(p) for p in args.features},
+    }
+    write_json(args.out, build_metrics(scores, meta, provenance))
+
+
+def cmd_aggregate(args: argparse.Namespace) -> None:
+    from hdmap_ad.io import read_json, write_json
+    from hdmap_ad.metrics.image import round_floats
+
+    out: dict[str, Any] = {}
+    for path in sorted(args.inputs):
+        m = read_json(path)
+        keep = {k: m["metrics"][k] for k in ("auroc", "aupr", "f1_max",
+                                             "accuracy_best_threshold", "accuracy_deployable")}
+        for cond, cm in m["per_condition"].items():
+            keep[f"auroc_{cond}"] = cm["auroc"]
+        keep["gate_accuracy"] = m["gate"]["accuracy"]
+        out[Path(path).stem] = keep
+    write_json(args.out, round_floats(out))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m hdmap_ad", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="step", required=True)
+
+    s = sub.add_parser("validate", help="validate params.yaml against the schema")
+    s.add_argument("--params", default="params.yaml")
+    s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("synth", help="write one synthetic HDMAP domain")
+    s.add_argument("--domain", required=True, help="A | B | C | D")
+    s.add_argument("--spec", required=True, help="JSON of dataset.synthetic")
+    s.add_argument("--out", required=True, help="domain folder to write (replaced)")
+    s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("manifest", help="scan a domain folder into a Parquet manifest")
+    s.add_argument("--domain-root", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_manifest)
+
+    s = sub.add_parser("extract", help="cache features of every map, one Parquet per layer")
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--spec", required=True, help="JSON of one backbones entry (with key)")
+    s.add_argument("--out-dir", required=True)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_extract)
+
+    for name, helptext in (("bank", "build a gated or ungated coreset bank"),
+                           ("score", "score the test maps of a domain")):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("--manifest", required=True)
+        s.add_argument("--features", nargs="+", required=True, help="per-layer caches")
+        s.add_argument("--spec", required=True, help="JSON of one experiments entry (with key)")
+        s.add_argument("--meta", required=True, help="bank metadata JSON")
+        if name == "score":
+            s.add_argument("--bank", required=True)
+        s.add_argument("--out", required=True)
+        s.set_defaults(func=cmd_bank if name == "bank" else cmd_score)
+
+    s = sub.add_parser("metrics", help="metrics JSON of one domain x experiment")
+    s.add_argument("--scores", required=True)
+    s.add_argument("--meta", required=True)
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--features", nargs="+", required=True)
+    s.add_argument("--domain", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_metrics)
+
+    s = sub.add_parser("aggregate", help="collect metrics JSONs into results/metrics.json")
+    s.add_argument("inputs", nargs="+")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_aggregate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except InputError as exc:
+        print(f"hdmap_ad {args.step}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

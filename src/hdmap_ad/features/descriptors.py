@@ -1,0 +1,50 @@
+"""Patch descriptors built from cached layer maps, applied identically to bank and queries.
+
+Multi-layer features follow PatchCore: every coarser grid is upsampled bilinearly to the
+finest grid and the channels are concatenated.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def combine_layers(layer_maps: list[np.ndarray]) -> np.ndarray:
+    """Concatenate layer maps on the finest grid.
+
+    Args:
+        layer_maps: arrays ``(N, h_i, w_i, C_i)`` float32, one per layer, same ``N``.
+
+    Returns:
+        ``(N, H, W, sum C_i)`` float32 where ``(H, W)`` is the largest grid; coarser maps are
+        upsampled bilinearly (``align_corners=False``).
+    """
+    if len(layer_maps) == 1:
+        return np.ascontiguousarray(layer_maps[0], dtype=np.float32)
+    target = max((m.shape[1], m.shape[2]) for m in layer_maps)
+    parts = []
+    for m in layer_maps:
+        if (m.shape[1], m.shape[2]) == target:
+            parts.append(m.astype(np.float32, copy=False))
+            continue
+        t = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)).permute(0, 3, 1, 2)
+        up = F.interpolate(t, size=target, mode="bilinear", align_corners=False)
+        parts.append(up.permute(0, 2, 3, 1).numpy())
+    return np.ascontiguousarray(np.concatenate(parts, axis=-1), dtype=np.float32)
+
+
+def load_descriptors(feature_paths: list[str], image_ids: list[str]) -> np.ndarray:
+    """Read the cached layers of ``image_ids`` (in that order) and combine them.
+
+    Args:
+        feature_paths: one Parquet feature cache per layer (``features/<domain>/<bb>/<layer>``).
+        image_ids: manifest ``image_id`` values.
+
+    Returns:
+        ``(N, H, W, D)`` float32 descriptors.
+    """
+    from hdmap_ad.features.cache import read_features
+
+    return combine_layers([read_features(p, list(image_ids))[1] for p in feature_paths])

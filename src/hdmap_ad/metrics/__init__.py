@@ -1,0 +1,1 @@
+"""Image-level metrics and the per-target metrics JSON."""

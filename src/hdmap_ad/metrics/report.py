@@ -1,0 +1,92 @@
+"""The metrics JSON of one target ``results/{domain}_{experiment}.json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hdmap_ad.metrics.image import best_accuracy, detection_metrics, round_floats
+
+CONDITIONS = ("cold", "warm")
+
+
+def gate_summary(test: pd.DataFrame, gated: bool) -> dict[str, Any]:
+    """Gate accuracy and the condition x label confusion of decisions (gated banks only)."""
+    if not gated:
+        return {"accuracy": None, "note": "ungated: one bank, no gate decision"}
+    known = test[test.condition.isin(CONDITIONS)]
+    out: dict[str, Any] = {
+        "accuracy": float((known.gate == known.condition).mean()) if len(known) else None
+    }
+    confusion: dict[str, dict[str, int]] = {}
+    for cond in CONDITIONS:
+        for label in sorted(test.label.unique()):
+            grp = known[(known.condition == cond) & (known.label == label)]
+            confusion[f"{cond}/{label}"] = {
+                "to_cold": int((grp.gate == "cold").sum()),
+                "to_warm": int((grp.gate == "warm").sum()),
+            }
+    out["decisions"] = confusion
+    return out
+
+
+def build_metrics(
+    scores: pd.DataFrame, bank_meta: dict[str, Any], provenance: dict[str, Any]
+) -> dict[str, Any]:
+    """Everything reported for one domain x experiment, with stable key order and rounding.
+
+    Args:
+        scores: the scores table (``hdmap_ad.scoring.score``), test and reference_cv rows.
+        bank_meta: the bank's JSON metadata (experiment params, gate fit, references).
+        provenance: dataset / features provenance (data hash, weights sha256, versions).
+    """
+    test = scores[scores.role == "test"]
+    cv = scores[scores.role == "reference_cv"]
+    y = (test.label != "good").to_numpy().astype(np.int64)
+    s = test.score.to_numpy()
+    _, best_thr = best_accuracy(y, s)
+    deploy_thr = float(cv.score.max()) if len(cv) else None
+    exp = bank_meta["experiment"]
+    overall = detection_metrics(y, s, best_thr, deploy_thr)
+    per_condition = {}
+    for cond in CONDITIONS:
+        grp = test[test.condition == cond]
+        if len(grp):
+            yc = (grp.label != "good").to_numpy().astype(np.int64)
+            per_condition[cond] = detection_metrics(yc, grp.score.to_numpy(), best_thr,
+                                                    deploy_thr)
+    metrics = {
+        "experiment": exp["key"],
+        "metrics": overall,
+        "per_condition": per_condition,
+        "thresholds": {
+            "best": best_thr,
+            "best_note": "tuned on the test scores themselves (for comparison only)",
+            "deployable": deploy_thr,
+            "deployable_note": (
+                "max reference score from banks built without that reference "
+                f"({exp['deploy_folds']}-fold, stratified by sub-bank); "
+                "fit on references only"
+            ),
+        },
+        "gate": gate_summary(test, exp["gate"] != "mixed") | {
+            "mode": bank_meta["gate"]["mode"],
+            "threshold": bank_meta["gate"]["threshold"],
+            "fit": bank_meta["gate"]["fit"],
+        },
+        "counts": {
+            "test_scored": int(len(test)),
+            "references": len(bank_meta["references"]),
+            "reference_cv_scored": int(len(cv)),
+            "bank": bank_meta["sub_banks"],
+        },
+        "protocol": {
+            "references": exp["references"]["protocol"],
+            "leaky": exp["references"]["protocol"] == "user_leaky",
+        },
+        "params": exp,
+        "provenance": provenance,
+    }
+    return round_floats(metrics)

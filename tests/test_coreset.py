@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+
+from hdmap_ad.banks.coreset import greedy_coreset, random_projection
+
+
+def brute_force_k_center(x: np.ndarray, k: int, start: int) -> list[int]:
+    """Textbook greedy k-center: add the point farthest from its nearest selected point."""
+    selected = [start]
+    while len(selected) < k:
+        d = np.array([min(np.sum((p - x[s]) ** 2) for s in selected) for p in x])
+        selected.append(int(np.argmax(d)))
+    return selected
+
+
+@pytest.mark.parametrize("n,d,ratio", [(60, 5, 0.2), (80, 200, 0.1), (40, 3, 0.5)])
+def test_greedy_matches_brute_force(n, d, ratio):
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    got = greedy_coreset(x, ratio, seed=3)
+    proj = random_projection(x, 128, seed=3).astype(np.float64)
+    want = brute_force_k_center(proj, len(got), int(got[0]))
+    assert got.tolist() == want
+    assert len(got) == int(np.ceil(ratio * n))
+    assert len(set(got.tolist())) == len(got)
+
+
+def test_coverage_radius_beats_random():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((500, 16)).astype(np.float32)
+
+    def radius(idx):
+        return np.sqrt(((x[:, None] - x[idx][None]) ** 2).sum(-1).min(1).max())
+
+    core = greedy_coreset(x, 0.05, seed=0)
+    rand = rng.choice(500, size=len(core), replace=False)
+    assert radius(core) < radius(rand)
+
+
+def test_ratio_one_keeps_all_and_seed_is_deterministic():
+    x = np.random.default_rng(1).standard_normal((50, 4)).astype(np.float32)
+    assert greedy_coreset(x, 1.0).tolist() == list(range(50))
+    assert greedy_coreset(x, 0.3, seed=7).tolist() == greedy_coreset(x, 0.3, seed=7).tolist()
+    assert greedy_coreset(x, 0.3, seed=7).tolist() != greedy_coreset(x, 0.3, seed=8).tolist()

@@ -1,0 +1,54 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from hdmap_ad.banks.bank import assign_references, fit_gate
+from hdmap_ad.banks.gate import (
+    fit_threshold_otsu,
+    fit_threshold_supervised,
+    gate_decisions,
+)
+
+
+def test_supervised_threshold_centres_in_the_gap():
+    p90 = np.array([0.20, 0.22, 0.25, 0.40, 0.42])
+    warm = np.array([0, 0, 0, 1, 1])
+    assert fit_threshold_supervised(p90, warm) == pytest.approx(0.325)
+
+
+def test_supervised_threshold_minimises_errors_with_overlap():
+    p90 = np.array([0.1, 0.2, 0.35, 0.3, 0.5, 0.6])
+    warm = np.array([0, 0, 0, 1, 1, 1])  # 0.35 cold sits above 0.3 warm: one error minimum
+    t = fit_threshold_supervised(p90, warm)
+    errors = np.sum((p90 > t) != warm.astype(bool))
+    assert errors == 1
+
+
+def test_otsu_splits_two_clusters():
+    rng = np.random.default_rng(0)
+    v = np.concatenate([rng.normal(0.25, 0.01, 20), rng.normal(0.40, 0.01, 20)])
+    t = fit_threshold_otsu(v)
+    assert 0.28 < t < 0.37
+
+
+def test_gate_modes():
+    p90 = np.array([0.2, 0.5, 0.2, 0.5])
+    cond = np.array(["cold", "cold", "warm", "unknown"], dtype=object)
+    assert gate_decisions("mixed", p90, cond, None).tolist() == ["mixed"] * 4
+    assert gate_decisions("p90", p90, cond, 0.3).tolist() == ["cold", "warm", "cold", "warm"]
+    # oracle trusts the true condition, and the threshold only where there is none
+    assert gate_decisions("oracle", p90, cond, 0.3).tolist() == ["cold", "cold", "warm", "warm"]
+    with pytest.raises(ValueError):
+        gate_decisions("p90", p90, cond, None)
+
+
+def test_fit_gate_uses_references_only_and_labels_when_known():
+    refs = pd.DataFrame({"p90": [0.2, 0.21, 0.4, 0.41],
+                         "condition": ["cold", "cold", "warm", "warm"]})
+    fit = fit_gate(refs, "p90")
+    assert fit.method == "supervised" and 0.21 < fit.threshold < 0.4
+    unlabelled = refs.assign(condition="unknown")
+    fit_u = fit_gate(unlabelled, "p90")
+    assert fit_u.method == "otsu"
+    assert assign_references(unlabelled, "p90", fit_u).tolist() == ["cold", "cold", "warm", "warm"]
+    assert fit_gate(refs, "mixed").threshold is None

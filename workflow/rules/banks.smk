@@ -1,0 +1,18 @@
+# Gated or ungated coreset bank per domain x experiment.
+rule bank:
+    input:
+        manifest=manifest_path,
+        features=experiment_features,
+        code=code("banks", "features/descriptors.py", "features/cache.py"),
+    output:
+        bank=f"{WORK}/banks/domain_{{domain}}/{{experiment}}.parquet",
+        meta=f"{WORK}/banks/domain_{{domain}}/{{experiment}}.json",
+    params:
+        spec=experiment_spec,
+    threads: 1
+    log:
+        f"{WORK}/logs/bank/{{domain}}_{{experiment}}.log",
+    shell:
+        "OMP_NUM_THREADS={threads} {PY} bank --manifest {input.manifest} "
+        "--features {input.features} --spec {params.spec:q} --out {output.bank} "
+        "--meta {output.meta} 2> {log}"

@@ -1,0 +1,27 @@
+# The embedded synthetic HDMAP (only when dataset.kind is synthetic) and per-domain manifests.
+if PARAMS.dataset.kind == "synthetic":
+
+    rule synthesize:
+        input:
+            code("data/synth.py"),
+        output:
+            directory(f"{ROOT}/domain_{{domain}}"),
+        params:
+            spec=synth_spec,
+        log:
+            f"{WORK}/logs/synthesize/{{domain}}.log",
+        shell:
+            "{PY} synth --domain {wildcards.domain} --spec {params.spec:q} --out {output} "
+            "2> {log}"
+
+
+rule manifest:
+    input:
+        domain_root,
+        code("data/manifest.py", "data/maps.py"),
+    output:
+        f"{WORK}/manifests/domain_{{domain}}.parquet",
+    log:
+        f"{WORK}/logs/manifest/{{domain}}.log",
+    shell:
+        "{PY} manifest --domain-root {input[0]} --out {output} 2> {log}"

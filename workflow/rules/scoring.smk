@@ -1,0 +1,19 @@
+# Test-set scores (and held-out reference scores) per domain x experiment.
+rule score:
+    input:
+        manifest=manifest_path,
+        features=experiment_features,
+        bank=f"{WORK}/banks/domain_{{domain}}/{{experiment}}.parquet",
+        meta=f"{WORK}/banks/domain_{{domain}}/{{experiment}}.json",
+        code=code("scoring", "banks"),
+    output:
+        f"{WORK}/scores/domain_{{domain}}/{{experiment}}.parquet",
+    params:
+        spec=experiment_spec,
+    threads: 1
+    log:
+        f"{WORK}/logs/score/{{domain}}_{{experiment}}.log",
+    shell:
+        "OMP_NUM_THREADS={threads} {PY} score --manifest {input.manifest} "
+        "--features {input.features} --bank {input.bank} --meta {input.meta} "
+        "--spec {params.spec:q} --out {output} 2> {log}"
