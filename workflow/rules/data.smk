@@ -25,3 +25,9 @@ rule manifest:
         f"{WORK}/logs/manifest/{{domain}}.log",
     shell:
         "{PY} manifest --domain-root {input[0]} --out {output} 2> {log}"
+
+
+rule synthetic_data:
+    """Every configured domain of the synthetic HDMAP (the DVC `synthesize` stage's target)."""
+    input:
+        [f"{ROOT}/{domain_dir(d)}" for d in PARAMS.domains],
