@@ -58,6 +58,7 @@ TINY = {
             "num_neighbors": 3,
         },
     },
+    "targets": {"experiments": ["ungated", "gated"]},
 }
 
 
