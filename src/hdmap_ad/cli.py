@@ -91,13 +91,11 @@ def cmd_bank(args: argparse.Namespace) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    import numpy as np
-
     from hdmap_ad.banks.bank import GateFit, load_bank
     from hdmap_ad.banks.gate import gate_decisions
     from hdmap_ad.banks.references import scored_rows
     from hdmap_ad.data.manifest import read_manifest
-    from hdmap_ad.features.descriptors import load_descriptors
+    from hdmap_ad.features.descriptors import DescriptorSource, load_descriptors
     from hdmap_ad.io import read_json
     from hdmap_ad.scoring.knn import BankIndex
     from hdmap_ad.scoring.score import (
@@ -118,9 +116,8 @@ def cmd_score(args: argparse.Namespace) -> None:
     decisions = gate_decisions(
         exp.gate, test.p90.to_numpy(), test.condition.to_numpy(dtype=object), fit.threshold
     )
-    test_ids = np.asarray(test.image_id.tolist(), dtype=object)
     scores, patches = score_routed(
-        lambda sel: load_descriptors(args.features, list(test_ids[sel])),
+        DescriptorSource(args.features, test.image_id.tolist()),
         decisions, indexes, exp.num_neighbors,
     )
     ref_desc = load_descriptors(args.features, ref_ids)

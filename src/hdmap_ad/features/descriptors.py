@@ -35,16 +35,27 @@ def combine_layers(layer_maps: list[np.ndarray]) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(parts, axis=-1), dtype=np.float32)
 
 
-def load_descriptors(feature_paths: list[str], image_ids: list[str]) -> np.ndarray:
-    """Read the cached layers of ``image_ids`` (in that order) and combine them.
+class DescriptorSource:
+    """Cached layers of a fixed list of maps, read once, combined on demand per batch.
 
     Args:
         feature_paths: one Parquet feature cache per layer (``features/<domain>/<bb>/<layer>``).
-        image_ids: manifest ``image_id`` values.
-
-    Returns:
-        ``(N, H, W, D)`` float32 descriptors.
+        image_ids: manifest ``image_id`` values; positions index into this list.
     """
-    from hdmap_ad.features.cache import read_features
 
-    return combine_layers([read_features(p, list(image_ids))[1] for p in feature_paths])
+    def __init__(self, feature_paths: list[str], image_ids: list[str]) -> None:
+        from hdmap_ad.features.cache import read_features
+
+        self.layers = [read_features(p, list(image_ids))[1] for p in feature_paths]
+
+    def __len__(self) -> int:
+        return self.layers[0].shape[0]
+
+    def __call__(self, positions: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """``(B, H, W, D)`` float32 descriptors of the maps at ``positions``."""
+        return combine_layers([layer[positions] for layer in self.layers])
+
+
+def load_descriptors(feature_paths: list[str], image_ids: list[str]) -> np.ndarray:
+    """``(N, H, W, D)`` descriptors of ``image_ids`` (in that order), all at once."""
+    return DescriptorSource(feature_paths, image_ids)()
