@@ -150,28 +150,30 @@ def cmd_metrics(args: argparse.Namespace) -> None:
                                                    "gate", "score"])
     meta = read_json(args.meta)
     manifest = read_manifest(args.manifest)
+    features = {}
+    for p in args.features:
+        layer_meta = read_metadata(p)
+        weights = layer_meta.get("weights", {})
+        if weights.get("file"):  # the file's name, not this machine's path
+            weights["file"] = Path(weights["file"]).name
+        features[Path(p).stem] = layer_meta
     provenance = {
         "domain": args.domain,
         "data_sha256": _data_hash(manifest),
-        "features": {Path(p).stem: read_metadata(p) for p in args.features},
+        "features": features,
     }
     write_json(args.out, build_metrics(scores, meta, provenance))
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
-    from hdmap_ad.io import read_json, write_json
-    from hdmap_ad.metrics.image import round_floats
+    from hdmap_ad.io import atomic_path, read_json, write_json
+    from hdmap_ad.metrics.summary import compact, markdown, target_name
 
-    out: dict[str, Any] = {}
-    for path in sorted(args.inputs):
-        m = read_json(path)
-        keep = {k: m["metrics"][k] for k in ("auroc", "aupr", "f1_max",
-                                             "accuracy_best_threshold", "accuracy_deployable")}
-        for cond, cm in m["per_condition"].items():
-            keep[f"auroc_{cond}"] = cm["auroc"]
-        keep["gate_accuracy"] = m["gate"]["accuracy"]
-        out[Path(path).stem] = keep
-    write_json(args.out, round_floats(out))
+    table = compact({target_name(p): read_json(p) for p in args.inputs})
+    write_json(args.out, table)
+    if args.markdown:
+        with atomic_path(args.markdown) as tmp:
+            tmp.write_text(markdown(table))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("aggregate", help="collect metrics JSONs into results/metrics.json")
     s.add_argument("inputs", nargs="+")
     s.add_argument("--out", required=True)
+    s.add_argument("--markdown", help="also write the table as markdown")
     s.set_defaults(func=cmd_aggregate)
     return p
 

@@ -20,8 +20,9 @@ rule aggregate:
     input:
         target_results(),
     output:
-        "results/metrics.json",
+        json="results/metrics.json",
+        md="results/summary.md",
     log:
         f"{WORK}/logs/aggregate.log",
     shell:
-        "{PY} aggregate {input} --out {output} 2> {log}"
+        "{PY} aggregate {input} --out {output.json} --markdown {output.md} 2> {log}"

@@ -1,0 +1,49 @@
+"""Collect per-target metrics JSONs into one compact table (DVC metrics file + markdown)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hdmap_ad.metrics.image import round_floats
+
+#: Columns of the compact table, in order: (name, path into a metrics JSON).
+COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("auroc", ("metrics", "auroc")),
+    ("auroc_cold", ("per_condition", "cold", "auroc")),
+    ("auroc_warm", ("per_condition", "warm", "auroc")),
+    ("aupr", ("metrics", "aupr")),
+    ("f1_max", ("metrics", "f1_max")),
+    ("accuracy_best_threshold", ("metrics", "accuracy_best_threshold")),
+    ("accuracy_deployable", ("metrics", "accuracy_deployable")),
+    ("gate_accuracy", ("gate", "accuracy")),
+)
+
+
+def _get(obj: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(obj, dict) or key not in obj:
+            return None
+        obj = obj[key]
+    return obj
+
+
+def compact(metrics_by_target: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{target: {column: value}}`` for every target, sorted by target name."""
+    return round_floats(
+        {t: {c: _get(m, p) for c, p in COLUMNS} for t, m in sorted(metrics_by_target.items())}
+    )
+
+
+def markdown(table: dict[str, dict[str, Any]]) -> str:
+    """The compact table as markdown (values to 3 decimals; ``-`` where not applicable)."""
+    names = [c for c, _ in COLUMNS]
+    lines = ["| target | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for target, row in table.items():
+        cells = ["-" if row[c] is None else f"{row[c]:.3f}" for c in names]
+        lines.append(f"| {target} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def target_name(path: str | Path) -> str:
+    return Path(path).stem
