@@ -13,6 +13,6 @@ rule bank:
     log:
         f"{WORK}/logs/bank/{{domain}}_{{experiment}}.log",
     shell:
-        "OMP_NUM_THREADS={threads} {PY} bank --manifest {input.manifest} "
+        "OMP_NUM_THREADS={threads} python -m hdmap_ad bank --manifest {input.manifest} "
         "--features {input.features} --spec {params.spec:q} --out {output.bank} "
         "--meta {output.meta} 2> {log}"

@@ -13,7 +13,6 @@ except InputError as exc:
 SRC = Path(workflow.basedir) / "src" / "hdmap_ad"
 WORK = config.get("work_dir", "work")
 ROOT = PARAMS.dataset.root
-PY = "python -m hdmap_ad"
 
 
 def code(*parts):

@@ -11,20 +11,20 @@ if PARAMS.dataset.kind == "synthetic":
         log:
             f"{WORK}/logs/synthesize/{{domain}}.log",
         shell:
-            "{PY} synth --domain {wildcards.domain} --spec {params.spec:q} --out {output} "
+            "python -m hdmap_ad synth --domain {wildcards.domain} --spec {params.spec:q} --out {output} "
             "2> {log}"
 
 
 rule manifest:
     input:
-        domain_root,
-        code("data/manifest.py", "data/maps.py"),
+        root=domain_root,
+        code=code("data/manifest.py", "data/maps.py"),
     output:
         f"{WORK}/manifests/domain_{{domain}}.parquet",
     log:
         f"{WORK}/logs/manifest/{{domain}}.log",
     shell:
-        "{PY} manifest --domain-root {input[0]} --out {output} 2> {log}"
+        "python -m hdmap_ad manifest --domain-root {input.root} --out {output} 2> {log}"
 
 
 rule synthetic_data:

@@ -21,6 +21,6 @@ for _key, _bb in PARAMS.backbones.items():
         log:
             f"{WORK}/logs/extract/{_key}/{{domain}}.log",
         shell:
-            "OMP_NUM_THREADS={threads} {PY} extract --manifest {input.manifest} "
+            "OMP_NUM_THREADS={threads} python -m hdmap_ad extract --manifest {input.manifest} "
             "--spec {params.spec:q} --out-dir {params.out_dir} --device {params.device} "
             "2> {log}"

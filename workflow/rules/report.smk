@@ -11,7 +11,7 @@ rule metrics:
     log:
         f"{WORK}/logs/metrics/{{domain}}_{{experiment}}.log",
     shell:
-        "{PY} metrics --scores {input.scores} --meta {input.meta} "
+        "python -m hdmap_ad metrics --scores {input.scores} --meta {input.meta} "
         "--manifest {input.manifest} --features {input.features} "
         "--domain {wildcards.domain} --out {output} 2> {log}"
 
@@ -25,4 +25,4 @@ rule aggregate:
     log:
         f"{WORK}/logs/aggregate.log",
     shell:
-        "{PY} aggregate {input} --out {output.json} --markdown {output.md} 2> {log}"
+        "python -m hdmap_ad aggregate {input} --out {output.json} --markdown {output.md} 2> {log}"

@@ -14,6 +14,6 @@ rule score:
     log:
         f"{WORK}/logs/score/{{domain}}_{{experiment}}.log",
     shell:
-        "OMP_NUM_THREADS={threads} {PY} score --manifest {input.manifest} "
+        "OMP_NUM_THREADS={threads} python -m hdmap_ad score --manifest {input.manifest} "
         "--features {input.features} --bank {input.bank} --meta {input.meta} "
         "--spec {params.spec:q} --out {output} 2> {log}"
