@@ -63,8 +63,19 @@ def cmd_extract(args: argparse.Namespace) -> None:
     manifest = read_manifest(args.manifest)
     out_dir = Path(args.out_dir)
     out_paths = {layer: str(out_dir / f"{layer}.parquet") for layer in cfg.layers}
-    items = list(zip(manifest.image_id, manifest.path, strict=False))
-    extract_to_cache(items, cfg, out_paths, device=args.device, progress=not args.quiet)
+    items = list(zip(manifest.image_id, manifest.path, strict=True))
+    extract_to_cache(items, cfg, out_paths, device=_device(args.device), progress=not args.quiet)
+
+
+def _device(name: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; a missing GPU is an error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("device: cuda requested but no CUDA device is available (use cpu|auto)")
+    return name
 
 
 def _experiment(args: argparse.Namespace):
@@ -133,7 +144,7 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 def _data_hash(manifest) -> str:
     h = hashlib.sha256()
-    for image_id, digest in zip(manifest.image_id, manifest.sha256, strict=False):
+    for image_id, digest in zip(manifest.image_id, manifest.sha256, strict=True):
         h.update(f"{image_id}:{digest}\n".encode())
     return h.hexdigest()
 

@@ -175,7 +175,7 @@ def bank_metadata(
         },
         "references": [
             {"image_id": i, "condition": c, "sub_bank": a, "p90": round(float(p), 6)}
-            for i, c, a, p in zip(refs.image_id, refs.condition, assignment, refs.p90, strict=False)
+            for i, c, a, p in zip(refs.image_id, refs.condition, assignment, refs.p90, strict=True)
         ],
     }
 
