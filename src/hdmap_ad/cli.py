@@ -50,7 +50,8 @@ def cmd_synth(args: argparse.Namespace) -> None:
 def cmd_manifest(args: argparse.Namespace) -> None:
     from hdmap_ad.data.manifest import scan_domain, write_manifest
 
-    write_manifest(scan_domain(args.domain_root), args.out)
+    kind = "mvtec" if args.kind == "mvtec" else "hdmap"
+    write_manifest(scan_domain(args.domain_root, kind), args.out)
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
@@ -203,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("manifest", help="scan a domain folder into a Parquet manifest")
     s.add_argument("--domain-root", required=True)
+    s.add_argument("--kind", default="hdmap", choices=["hdmap", "synthetic", "mvtec"],
+                   help="folder layout (synthetic is hdmap)")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_manifest)
 

@@ -51,19 +51,51 @@ class SynthConfig:
         return _build(cls, data, "dataset.synthetic")
 
 
+DATASET_KINDS = ("synthetic", "hdmap", "mvtec")
+#: Where the embedded synthetic HDMAP is generated (``dataset.kind: synthetic``).
+SYNTHETIC_ROOT = "data/synthetic"
+
+
 @dataclass(frozen=True)
 class DatasetConfig:
-    """Where the maps live. ``kind``: ``synthetic`` (generated under ``root``) or ``hdmap``."""
+    """Where the maps live.
+
+    ``kind``:
+      - ``synthetic``: the embedded HDMAP, generated under ``data/synthetic``;
+      - ``hdmap``: real HDMAP layout under ``root`` (``root/domain_X/train/good/...``);
+      - ``mvtec``: MVTec-AD-style folders, one per "domain" (category):
+        ``root/<category>/train/good``, ``test/<type>/``, optional ``ground_truth/<type>/``.
+        No cold/warm condition there.
+    """
 
     kind: str = "synthetic"
-    root: str = "data/synthetic"
+    root: str = SYNTHETIC_ROOT
     synthetic: SynthConfig = field(default_factory=SynthConfig)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DatasetConfig:
         data = dict(data)
         data["synthetic"] = SynthConfig.from_dict(data.get("synthetic", {}))
-        return _build(cls, data, "dataset")
+        cfg = _build(cls, data, "dataset")
+        if cfg.kind not in DATASET_KINDS:
+            raise InputError(f"dataset.kind: {cfg.kind!r} is not one of {DATASET_KINDS}")
+        if cfg.kind == "synthetic" and cfg.root != SYNTHETIC_ROOT:
+            raise InputError(f"dataset.root: the synthetic data lives in {SYNTHETIC_ROOT}")
+        return cfg
+
+    @property
+    def has_conditions(self) -> bool:
+        """Whether test maps carry a cold/warm condition (HDMAP layouts do)."""
+        return self.kind != "mvtec"
+
+    def domain_dir(self, domain: str) -> str:
+        """Folder of a domain under ``root``: ``C`` -> ``domain_C`` (HDMAP), else the name."""
+        return f"domain_{domain}" if self.has_conditions else domain
+
+    @property
+    def result_prefix(self) -> str:
+        """Results are ``results/{prefix}{domain}_{experiment}.json`` (``domainC_gated``)."""
+        return "domain" if self.has_conditions else ""
 
 
 @dataclass(frozen=True)
@@ -215,16 +247,6 @@ class Params:
     target_experiments: tuple[str, ...] = ()
 
 
-def domain_dir(domain: str) -> str:
-    """Folder name of a domain: ``C`` -> ``domain_C``."""
-    return f"domain_{domain}"
-
-
-def domain_label(domain: str) -> str:
-    """Result-file spelling of a domain: ``C`` -> ``domainC``."""
-    return f"domain{domain}"
-
-
 def validate_params(raw: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> None:
     """Validate raw params against the JSON schema; the error names the offending key path."""
     import jsonschema
@@ -261,9 +283,18 @@ def parse_params(raw: dict[str, Any]) -> Params:
     unknown = [t for t in targets if t not in experiments]
     if unknown:
         raise InputError(f"targets.experiments: {unknown} are not defined under experiments")
+    dataset = DatasetConfig.from_dict(raw["dataset"])
+    if not dataset.has_conditions:
+        for key in targets:
+            if experiments[key].gate != "mixed":
+                raise InputError(
+                    f"experiments.{key}.gate: {experiments[key].gate!r} needs cold/warm "
+                    f"conditions, which dataset.kind {dataset.kind!r} does not have; use "
+                    "gate: mixed"
+                )
     return Params(
         target_experiments=targets,
-        dataset=DatasetConfig.from_dict(raw["dataset"]),
+        dataset=dataset,
         domains=tuple(str(d) for d in raw["domains"]),
         backbones=backbones,
         experiments=experiments,

@@ -2,7 +2,7 @@
 import re
 from pathlib import Path
 
-from hdmap_ad.config import domain_dir, domain_label, parse_params, spec_json
+from hdmap_ad.config import SYNTHETIC_ROOT, parse_params, spec_json
 from hdmap_ad.errors import InputError
 
 try:
@@ -12,7 +12,9 @@ except InputError as exc:
 
 SRC = Path(workflow.basedir) / "src" / "hdmap_ad"
 WORK = config.get("work_dir", "work")
-ROOT = PARAMS.dataset.root
+DATASET = PARAMS.dataset
+ROOT = DATASET.root
+RESULT_PREFIX = DATASET.result_prefix
 
 
 def code(*parts):
@@ -31,17 +33,17 @@ wildcard_constraints:
 
 
 def domain_root(wildcards):
-    return f"{ROOT}/{domain_dir(wildcards.domain)}"
+    return f"{ROOT}/{DATASET.domain_dir(wildcards.domain)}"
 
 
 def manifest_path(wildcards):
-    return f"{WORK}/manifests/{domain_dir(wildcards.domain)}.parquet"
+    return f"{WORK}/manifests/domain_{wildcards.domain}.parquet"
 
 
 def feature_paths(domain, experiment):
     exp = PARAMS.experiments[experiment]
     return [
-        f"{WORK}/features/{domain_dir(domain)}/{exp.backbone}/{layer}.parquet"
+        f"{WORK}/features/domain_{domain}/{exp.backbone}/{layer}.parquet"
         for layer in exp.layers
     ]
 
@@ -59,7 +61,7 @@ def synth_spec(wildcards):
 
 
 def result_path(domain, experiment):
-    return f"results/{domain_label(domain)}_{experiment}.json"
+    return f"results/{RESULT_PREFIX}{domain}_{experiment}.json"
 
 
 def target_results():

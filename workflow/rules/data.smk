@@ -1,18 +1,29 @@
-# The embedded synthetic HDMAP (only when dataset.kind is synthetic) and per-domain manifests.
-if PARAMS.dataset.kind == "synthetic":
+# The embedded synthetic HDMAP and per-domain manifests.
+# The synthetic domains A-D are always available under data/synthetic (the DVC `synthesize`
+# stage keeps them versioned); dataset.kind decides whether the pipeline reads them.
+SYNTH_DOMAINS = ("A", "B", "C", "D")
 
-    rule synthesize:
-        input:
-            code("data/synth.py"),
-        output:
-            directory(f"{ROOT}/domain_{{domain}}"),
-        params:
-            spec=synth_spec,
-        log:
-            f"{WORK}/logs/synthesize/{{domain}}.log",
-        shell:
-            "python -m hdmap_ad synth --domain {wildcards.domain} --spec {params.spec:q} --out {output} "
-            "2> {log}"
+
+rule synthesize:
+    input:
+        code("data/synth.py"),
+    output:
+        directory(f"{SYNTHETIC_ROOT}/domain_{{synth_domain}}"),
+    params:
+        spec=synth_spec,
+    wildcard_constraints:
+        synth_domain="|".join(SYNTH_DOMAINS),
+    log:
+        f"{WORK}/logs/synthesize/{{synth_domain}}.log",
+    shell:
+        "python -m hdmap_ad synth --domain {wildcards.synth_domain} --spec {params.spec:q} "
+        "--out {output} 2> {log}"
+
+
+rule synthetic_data:
+    """The whole synthetic HDMAP (the DVC `synthesize` stage's target)."""
+    input:
+        [f"{SYNTHETIC_ROOT}/domain_{d}" for d in SYNTH_DOMAINS],
 
 
 rule manifest:
@@ -21,13 +32,10 @@ rule manifest:
         code=code("data/manifest.py", "data/maps.py"),
     output:
         f"{WORK}/manifests/domain_{{domain}}.parquet",
+    params:
+        kind=DATASET.kind,
     log:
         f"{WORK}/logs/manifest/{{domain}}.log",
     shell:
-        "python -m hdmap_ad manifest --domain-root {input.root} --out {output} 2> {log}"
-
-
-rule synthetic_data:
-    """Every configured domain of the synthetic HDMAP (the DVC `synthesize` stage's target)."""
-    input:
-        [f"{ROOT}/{domain_dir(d)}" for d in PARAMS.domains],
+        "python -m hdmap_ad manifest --domain-root {input.root} --kind {params.kind} "
+        "--out {output} 2> {log}"

@@ -7,7 +7,7 @@ rule metrics:
         features=experiment_features,
         code=code("metrics"),
     output:
-        "results/domain{domain}_{experiment}.json",
+        f"results/{RESULT_PREFIX}{{domain}}_{{experiment}}.json",
     log:
         f"{WORK}/logs/metrics/{{domain}}_{{experiment}}.log",
     shell:

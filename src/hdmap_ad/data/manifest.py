@@ -1,16 +1,28 @@
-"""Per-domain manifest of an HDMAP-layout root, stored as Parquet.
+"""Per-domain manifest of a dataset folder, stored as Parquet.
 
-Layout scanned (the real ``datasets/HDMAP/1000_tiff_minmax`` and the synthetic one)::
+Two layouts:
 
-    <root>/domain_X/train/good/000000.tiff ...
-    <root>/domain_X/test/good/000000.tiff ...
-    <root>/domain_X/test/fault/000000.tiff ...
+- ``hdmap`` (the real ``datasets/HDMAP/1000_tiff_minmax`` and the synthetic one)::
+
+      <root>/domain_X/train/good/000000.tiff ...
+      <root>/domain_X/test/good/000000.tiff ...
+      <root>/domain_X/test/fault/000000.tiff ...
+
+  Test maps get a ``condition`` by the index rule: the first half of each test folder is
+  ``cold``, the second half ``warm`` (so each test folder needs an even count).
+- ``mvtec`` (MVTec AD style, one folder per category)::
+
+      <root>/<category>/train/good/*.png
+      <root>/<category>/test/<type>/*.png          (type "good" or a defect name)
+      <root>/<category>/ground_truth/<type>/<stem>_mask.png   (optional)
+
+  png, jpg, bmp or tiff; RGB or grayscale. No condition (``unknown``).
 
 One row per map: ``image_id`` (``test/fault/000123``), ``path``, ``split`` (train | test),
-``label`` (good | fault), ``index`` (int from the file name), ``condition`` (cold | warm for
-test maps by the index rule: the first half of a test folder is cold, the second half warm;
-``unknown`` for train), the intensity statistics the gate uses: ``mean``, ``p90``, ``max``,
-and the file's ``sha256`` (the data hash in every output's provenance is computed from these).
+``label`` (``good`` or the fault/defect folder name), ``index`` (from the file name, else the
+position), ``condition`` (cold | warm | unknown), ``mask_path`` (``""`` when none), the
+intensity statistics the gate uses: ``mean``, ``p90``, ``max``, and the file's ``sha256``
+(the data hash in every output's provenance is computed from these).
 """
 
 from __future__ import annotations
@@ -22,30 +34,37 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from hdmap_ad.data.maps import TIFF_SUFFIXES, read_map
+from hdmap_ad.data.maps import IMAGE_SUFFIXES, TIFF_SUFFIXES, read_map
 from hdmap_ad.errors import InputError
 from hdmap_ad.io import write_table
 
-SPLITS = (("train", "good"), ("test", "good"), ("test", "fault"))
+HDMAP_SPLITS = (("train", "good"), ("test", "good"), ("test", "fault"))
 COLUMNS = (
-    "image_id", "path", "split", "label", "index", "condition", "mean", "p90", "max", "sha256"
+    "image_id", "path", "split", "label", "index", "condition", "mask_path",
+    "mean", "p90", "max", "sha256",
 )
 
 
-def _list_maps(folder: Path) -> list[tuple[int, Path]]:
+def _list_files(folder: Path, suffixes: tuple[str, ...], numbered: bool) -> list[tuple[int, Path]]:
+    """``(index, path)`` of the images in ``folder``, sorted by index.
+
+    With ``numbered`` every stem must be an integer (HDMAP) and indices must be unique;
+    otherwise the index is the stem's integer value when it has one, else the position.
+    """
     if not folder.is_dir():
-        raise InputError(f"{folder}: folder missing (expected HDMAP layout train/good, test/good, "
-                         "test/fault)")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in TIFF_SUFFIXES)
+        raise InputError(f"{folder}: folder missing")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in suffixes)
     if not files:
-        raise InputError(f"{folder}: no .tif/.tiff maps found")
+        raise InputError(f"{folder}: no images ({', '.join(suffixes)}) found")
     seen: dict[int, Path] = {}
     out = []
-    for p in files:
+    for pos, p in enumerate(files):
         try:
             idx = int(p.stem)
         except ValueError:
-            raise InputError(f"{p}: file name is not a map index like 000123.tiff") from None
+            if numbered:
+                raise InputError(f"{p}: file name is not a map index like 000123.tiff") from None
+            idx = pos
         if idx in seen:
             raise InputError(f"{p}: duplicate map index {idx} (also {seen[idx].name})")
         seen[idx] = p
@@ -53,44 +72,87 @@ def _list_maps(folder: Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
-def scan_domain(domain_root: str | Path) -> pd.DataFrame:
-    """Scan one domain folder into a manifest DataFrame (see module docstring for columns)."""
-    domain_root = Path(domain_root)
-    if not domain_root.is_dir():
-        raise InputError(f"{domain_root}: domain folder not found")
-    rows = []
-    shape: tuple[int, ...] | None = None
-    first: Path | None = None
-    for split, label in SPLITS:
-        maps = _list_maps(domain_root / split / label)
+def _row(path: Path, split: str, label: str, idx: int, condition: str, mask: str,
+         arr: np.ndarray) -> dict:
+    gray = arr if arr.ndim == 2 else arr.mean(axis=-1)
+    return {
+        "image_id": f"{split}/{label}/{path.stem}",
+        "path": str(path),
+        "split": split,
+        "label": label,
+        "index": idx,
+        "condition": condition,
+        "mask_path": mask,
+        "mean": float(gray.mean()),
+        "p90": float(np.percentile(gray, 90)),
+        "max": float(gray.max()),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+    }
+
+
+class _ShapeCheck:
+    """Every map of one domain must have the shape of the first one read."""
+
+    def __init__(self) -> None:
+        self.shape: tuple[int, ...] | None = None
+        self.first: Path | None = None
+
+    def read(self, path: Path) -> np.ndarray:
+        arr = read_map(path)
+        if self.shape is None:
+            self.shape, self.first = arr.shape, path
+        elif arr.shape != self.shape:
+            raise InputError(f"{path}: shape {arr.shape} differs from {self.shape} of {self.first}")
+        return arr
+
+
+def scan_hdmap(domain_root: Path) -> list[dict]:
+    check, rows = _ShapeCheck(), []
+    for split, label in HDMAP_SPLITS:
+        folder = domain_root / split / label
+        maps = _list_files(folder, TIFF_SUFFIXES, numbered=True)
         n = len(maps)
         if split == "test" and n % 2:
             raise InputError(
-                f"{domain_root / split / label}: {n} maps; the cold/warm rule needs an even "
-                "count (first half cold, second half warm)"
+                f"{folder}: {n} maps; the cold/warm rule needs an even count (first half "
+                "cold, second half warm)"
             )
         for pos, (idx, path) in enumerate(maps):
-            arr = read_map(path)
-            if shape is None:
-                shape, first = arr.shape, path
-            elif arr.shape != shape:
-                raise InputError(f"{path}: shape {arr.shape} differs from {shape} of {first}")
-            gray = arr if arr.ndim == 2 else arr.mean(axis=-1)
-            condition = "unknown" if split == "train" else ("cold" if pos < n // 2 else "warm")
-            rows.append(
-                {
-                    "image_id": f"{split}/{label}/{path.stem}",
-                    "path": str(path),
-                    "split": split,
-                    "label": label,
-                    "index": idx,
-                    "condition": condition,
-                    "mean": float(gray.mean()),
-                    "p90": float(np.percentile(gray, 90)),
-                    "max": float(gray.max()),
-                    "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-                }
-            )
+            cond = "unknown" if split == "train" else ("cold" if pos < n // 2 else "warm")
+            rows.append(_row(path, split, label, idx, cond, "", check.read(path)))
+    return rows
+
+
+def scan_mvtec(domain_root: Path) -> list[dict]:
+    check, rows = _ShapeCheck(), []
+    test_root = domain_root / "test"
+    if not test_root.is_dir():
+        raise InputError(f"{test_root}: folder missing (expected MVTec layout train/good, test/*)")
+    types = sorted(p.name for p in test_root.iterdir() if p.is_dir())
+    if not types:
+        raise InputError(f"{test_root}: no test/<type> folders")
+    folders = [("train", "good")] + [("test", t) for t in types]
+    for split, label in folders:
+        for idx, path in _list_files(domain_root / split / label, IMAGE_SUFFIXES, numbered=False):
+            mask = ""
+            if split == "test" and label != "good":
+                candidate = domain_root / "ground_truth" / label / f"{path.stem}_mask.png"
+                mask = str(candidate) if candidate.is_file() else ""
+            rows.append(_row(path, split, label, idx, "unknown", mask, check.read(path)))
+    return rows
+
+
+def scan_domain(domain_root: str | Path, kind: str = "hdmap") -> pd.DataFrame:
+    """Scan one domain folder into a manifest DataFrame (see module docstring).
+
+    Args:
+        domain_root: ``<root>/domain_X`` (hdmap) or ``<root>/<category>`` (mvtec).
+        kind: ``hdmap`` (also the synthetic data) or ``mvtec``.
+    """
+    domain_root = Path(domain_root)
+    if not domain_root.is_dir():
+        raise InputError(f"{domain_root}: domain folder not found")
+    rows = scan_mvtec(domain_root) if kind == "mvtec" else scan_hdmap(domain_root)
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
