@@ -151,15 +151,16 @@ def _data_hash(manifest) -> str:
 
 
 def cmd_metrics(args: argparse.Namespace) -> None:
-    import pandas as pd
+    import pyarrow.parquet as pq
 
     from hdmap_ad.data.manifest import read_manifest
     from hdmap_ad.features.cache import read_metadata
     from hdmap_ad.io import read_json, write_json
+    from hdmap_ad.metrics.pixel import masked_pixel_metrics
     from hdmap_ad.metrics.report import build_metrics
 
-    scores = pd.read_parquet(args.scores, columns=["image_id", "role", "label", "condition",
-                                                   "gate", "score"])
+    table = pq.read_table(args.scores)
+    scores = table.drop_columns(["patch_scores"]).to_pandas()
     meta = read_json(args.meta)
     manifest = read_manifest(args.manifest)
     features = {}
@@ -174,7 +175,14 @@ def cmd_metrics(args: argparse.Namespace) -> None:
         "data_sha256": _data_hash(manifest),
         "features": features,
     }
-    write_json(args.out, build_metrics(scores, meta, provenance))
+    test = (scores.role == "test").to_numpy()
+    masks = manifest.set_index("image_id").loc[scores.image_id[test], "mask_path"]
+    shape = next(iter(features.values()))["map_shape"][:2]
+    pixel = masked_pixel_metrics(
+        table.column("patch_scores").combine_chunks().to_numpy_ndarray()[test],
+        masks.tolist(), (scores.label[test] == "good").to_numpy(), tuple(shape),
+    )
+    write_json(args.out, build_metrics(scores, meta, provenance, pixel))
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:

@@ -35,9 +35,7 @@ from sklearn.metrics import roc_auc_score
 __all__ = ["anomaly_map", "pixel_auroc", "pro_curve", "pro_score", "pixel_metrics"]
 
 
-def anomaly_map(
-    patch_scores: np.ndarray, size: tuple[int, int], sigma: float = 4.0
-) -> np.ndarray:
+def anomaly_map(patch_scores: np.ndarray, size: tuple[int, int], sigma: float = 4.0) -> np.ndarray:
     """Upsample patch scores to image size and smooth them, as anomalib's PatchCore does.
 
     Bilinear upsampling (``F.interpolate(mode="bilinear", align_corners=False)``) to ``size``,
@@ -152,7 +150,7 @@ def pro_curve(
 
     values, weights = [], []
     n_regions = 0
-    for m, mask in zip(maps, masks):
+    for m, mask in zip(maps, masks, strict=True):
         if not mask.any():
             continue
         labels, n = ndimage.label(mask, structure=structure)
@@ -254,3 +252,41 @@ def pixel_metrics(maps: np.ndarray, masks: np.ndarray) -> dict[str, float | None
     if n_pos == 0 or n_pos == masks.size:
         return {"pixel_auroc": None, "pro": None}
     return {"pixel_auroc": pixel_auroc(maps, masks), "pro": pro_score(maps, masks, 0.3)}
+
+
+def read_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
+    """Read a ground-truth mask as ``(H, W)`` bool; it must match the image ``shape``."""
+    from PIL import Image
+
+    from hdmap_ad.errors import InputError
+
+    try:
+        with Image.open(path) as img:
+            mask = np.asarray(img.convert("L")) > 0
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read mask ({type(exc).__name__}: {exc})") from None
+    if mask.shape != tuple(shape):
+        raise InputError(f"{path}: mask shape {mask.shape} differs from its image {shape}")
+    return mask
+
+
+def masked_pixel_metrics(
+    patch_scores: np.ndarray, mask_paths: list[str], is_good: np.ndarray,
+    image_shape: tuple[int, int],
+) -> dict[str, float | None] | None:
+    """Pixel AUROC and PRO of scored test maps, or None where any defect lacks a mask.
+
+    Args:
+        patch_scores: ``(N, gh, gw)`` patch-score grids.
+        mask_paths: ``N`` mask files (``""`` for good maps, which count as all normal).
+        is_good: ``(N,)`` bool.
+        image_shape: ``(H, W)`` of the images; maps are upsampled to it (gaussian sigma 4).
+    """
+    if not any(mask_paths) or any(not m for m, g in zip(mask_paths, is_good, strict=True)
+                                  if not g):
+        return None
+    masks = np.stack([
+        np.zeros(image_shape, bool) if g else read_mask(m, image_shape)
+        for m, g in zip(mask_paths, is_good, strict=True)
+    ])
+    return pixel_metrics(anomaly_map(patch_scores, image_shape), masks)

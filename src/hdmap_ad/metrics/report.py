@@ -33,7 +33,10 @@ def gate_summary(test: pd.DataFrame, gated: bool) -> dict[str, Any]:
 
 
 def build_metrics(
-    scores: pd.DataFrame, bank_meta: dict[str, Any], provenance: dict[str, Any]
+    scores: pd.DataFrame,
+    bank_meta: dict[str, Any],
+    provenance: dict[str, Any],
+    pixel: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything reported for one domain x experiment, with stable key order and rounding.
 
@@ -41,6 +44,7 @@ def build_metrics(
         scores: the scores table (``hdmap_ad.scoring.score``), test and reference_cv rows.
         bank_meta: the bank's JSON metadata (experiment params, gate fit, references).
         provenance: dataset / features provenance (data hash, weights sha256, versions).
+        pixel: pixel AUROC and PRO (FPR <= 0.3) where ground-truth masks exist, else None.
     """
     test = scores[scores.role == "test"]
     cv = scores[scores.role == "reference_cv"]
@@ -60,6 +64,7 @@ def build_metrics(
     metrics = {
         "experiment": exp["key"],
         "metrics": overall,
+        "pixel": pixel,
         "per_condition": per_condition,
         "thresholds": {
             "best": best_thr,
