@@ -8,7 +8,6 @@ Bad input exits with code 2 and one line naming the file or key; no output is le
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -91,6 +90,7 @@ def cmd_bank(args: argparse.Namespace) -> None:
     from hdmap_ad.banks.references import select_references
     from hdmap_ad.data.manifest import read_manifest
     from hdmap_ad.features.descriptors import load_descriptors
+    from hdmap_ad.provenance import provenance
 
     exp = _experiment(args)
     manifest = read_manifest(args.manifest)
@@ -98,6 +98,7 @@ def cmd_bank(args: argparse.Namespace) -> None:
     desc = load_descriptors(args.features, refs.image_id.tolist())
     banks, sources, fit, assignment = build_bank(refs, desc, exp)
     meta = bank_metadata(exp, refs, assignment, fit, banks, desc.shape[1:3])
+    meta["provenance"] = provenance(args.domain, manifest, args.features)
     save_bank(args.out, banks, sources, refs.image_id.tolist())
     write_bank_metadata(args.meta, meta)
 
@@ -140,49 +141,33 @@ def cmd_score(args: argparse.Namespace) -> None:
             scores_table(test, "test", decisions, scores, patches),
             scores_table(refs, "reference_cv", cv_dec, cv_scores, cv_patches),
         ],
+        {"experiment": exp.to_dict(), "gate": meta["gate"],
+         "provenance": meta.get("provenance")},
     )
-
-
-def _data_hash(manifest) -> str:
-    h = hashlib.sha256()
-    for image_id, digest in zip(manifest.image_id, manifest.sha256, strict=True):
-        h.update(f"{image_id}:{digest}\n".encode())
-    return h.hexdigest()
 
 
 def cmd_metrics(args: argparse.Namespace) -> None:
     import pyarrow.parquet as pq
 
     from hdmap_ad.data.manifest import read_manifest
-    from hdmap_ad.features.cache import read_metadata
     from hdmap_ad.io import read_json, write_json
     from hdmap_ad.metrics.pixel import masked_pixel_metrics
     from hdmap_ad.metrics.report import build_metrics
+    from hdmap_ad.provenance import provenance
 
     table = pq.read_table(args.scores)
     scores = table.drop_columns(["patch_scores"]).to_pandas()
     meta = read_json(args.meta)
     manifest = read_manifest(args.manifest)
-    features = {}
-    for p in args.features:
-        layer_meta = read_metadata(p)
-        weights = layer_meta.get("weights", {})
-        if weights.get("file"):  # the file's name, not this machine's path
-            weights["file"] = Path(weights["file"]).name
-        features[Path(p).stem] = layer_meta
-    provenance = {
-        "domain": args.domain,
-        "data_sha256": _data_hash(manifest),
-        "features": features,
-    }
+    prov = provenance(args.domain, manifest, args.features)
     test = (scores.role == "test").to_numpy()
     masks = manifest.set_index("image_id").loc[scores.image_id[test], "mask_path"]
-    shape = next(iter(features.values()))["map_shape"][:2]
+    shape = next(iter(prov["features"].values()))["map_shape"][:2]
     pixel = masked_pixel_metrics(
         table.column("patch_scores").combine_chunks().to_numpy_ndarray()[test],
         masks.tolist(), (scores.label[test] == "good").to_numpy(), tuple(shape),
     )
-    write_json(args.out, build_metrics(scores, meta, provenance, pixel))
+    write_json(args.out, build_metrics(scores, meta, prov, pixel))
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
@@ -232,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--features", nargs="+", required=True, help="per-layer caches")
         s.add_argument("--spec", required=True, help="JSON of one experiments entry (with key)")
         s.add_argument("--meta", required=True, help="bank metadata JSON")
+        s.add_argument("--domain", default="", help="domain name recorded in provenance")
         if name == "score":
             s.add_argument("--bank", required=True)
         s.add_argument("--out", required=True)

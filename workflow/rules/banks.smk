@@ -14,5 +14,6 @@ rule bank:
         f"{WORK}/logs/bank/{{domain}}_{{experiment}}.log",
     shell:
         "OMP_NUM_THREADS={threads} python -m hdmap_ad bank --manifest {input.manifest} "
-        "--features {input.features} --spec {params.spec:q} --out {output.bank} "
+        "--domain {wildcards.domain} --features {input.features} --spec {params.spec:q} "
+        "--out {output.bank} "
         "--meta {output.meta} 2> {log}"

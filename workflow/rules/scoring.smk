@@ -15,5 +15,6 @@ rule score:
         f"{WORK}/logs/score/{{domain}}_{{experiment}}.log",
     shell:
         "OMP_NUM_THREADS={threads} python -m hdmap_ad score --manifest {input.manifest} "
-        "--features {input.features} --bank {input.bank} --meta {input.meta} "
+        "--domain {wildcards.domain} --features {input.features} --bank {input.bank} "
+        "--meta {input.meta} "
         "--spec {params.spec:q} --out {output} 2> {log}"

@@ -8,6 +8,7 @@ is fit on; see ``hdmap_ad.metrics``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import numpy as np
@@ -129,5 +130,8 @@ def scores_table(rows: pd.DataFrame, role: str, decisions: np.ndarray, scores: n
     )
 
 
-def write_scores(path: str, tables: list[pa.Table]) -> None:
-    write_table(path, pa.concat_tables(tables))
+def write_scores(path: str, tables: list[pa.Table], metadata: dict) -> None:
+    """Write the scores atomically; ``metadata`` (JSON) goes in the schema under ``hdmap_ad``."""
+    table = pa.concat_tables(tables)
+    meta = {b"hdmap_ad": json.dumps(metadata, sort_keys=True).encode()}
+    write_table(path, table.replace_schema_metadata(meta))
