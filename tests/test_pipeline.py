@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -161,3 +162,42 @@ def test_dvc_repro_after_bank_param_change_runs_no_extraction(project: Path):
     assert "extract_" not in out, out[-3000:]
     assert re.search(r"rule bank:|localrule bank:", out), out[-3000:]
     assert "Stage 'synthesize' didn't change" in out
+
+
+def test_real_hdmap_root_tracked_with_dvc_add(tmp_path_factory):
+    """The documented real-data path: `dvc add` an HDMAP-layout folder, point params at it."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    from hdmap_ad.config import SynthConfig
+    from hdmap_ad.data.synth import write_domain
+
+    root = tmp_path_factory.mktemp("real")
+    for name in ("Snakefile", "dvc.yaml", ".dvcignore", "workflow", "profiles", "src"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, root / name)
+    data = "datasets/HDMAP/1000_tiff_minmax"
+    write_domain("C", SynthConfig(seed=3, n_train=6, n_test_good=12, n_test_fault=12),
+                 root / data / "domain_C")
+    params = json.loads(json.dumps(TINY))
+    params["dataset"] = {"kind": "hdmap", "root": data,
+                         "synthetic": {"seed": 1, "n_train": 2, "n_test_good": 2,
+                                       "n_test_fault": 2}}
+    params["experiments"] = {"ungated": params["experiments"]["ungated"]}
+    params["targets"] = {"experiments": ["ungated"]}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "init", "-q"], root)
+    _run(["dvc", "init", "-q"], root)
+    _run(["dvc", "config", "core.analytics", "false"], root)
+    _run(["dvc", "add", "-q", data], root)
+    assert (root / f"{data}.dvc").is_file()
+    _run(["dvc", "repro"], root)
+    m = json.loads((root / "results/domainC_ungated.json").read_text())
+    assert m["counts"]["test_scored"] == 24 - 4
+    manifest = pd.read_parquet(root / "work/manifests/domain_C.parquet")
+    assert all(p.startswith(data) for p in manifest.path)
+    # everything, the dvc-added data included, is recorded and up to date
+    status = _run(["dvc", "status"], root)
+    assert "changed" not in status
