@@ -52,3 +52,34 @@ def test_fit_gate_uses_references_only_and_labels_when_known():
     assert fit_u.method == "otsu"
     assert assign_references(unlabelled, "p90", fit_u).tolist() == ["cold", "cold", "warm", "warm"]
     assert fit_gate(refs, "mixed").threshold is None
+
+
+def test_random_inverse_fallback_and_both_min_decisions():
+    p90 = np.array([0.20, 0.29, 0.31, 0.50])
+    cond = np.array(["cold", "cold", "warm", "warm"], dtype=object)
+    r1 = gate_decisions("random", p90, cond, 0.3, seed=1)
+    assert set(r1) <= {"cold", "warm"}
+    assert r1.tolist() == gate_decisions("random", p90, cond, 0.3, seed=1).tolist()
+    many = gate_decisions("random", np.zeros(200), np.full(200, "cold", object), 0.3, seed=2)
+    assert 60 < (many == "warm").sum() < 140
+    assert gate_decisions("inverse", p90, cond, 0.3).tolist() == ["warm", "warm", "cold", "cold"]
+    assert gate_decisions("fallback", p90, cond, 0.3, margin=0.02).tolist() == [
+        "cold", "both", "both", "warm"]
+    assert gate_decisions("both-min", p90, cond, 0.3).tolist() == ["both"] * 4
+
+
+def test_both_routing_keeps_the_lower_score_and_records_the_winner():
+    from hdmap_ad.scoring.knn import BankIndex
+    from hdmap_ad.scoring.score import score_routed
+
+    cold = np.zeros((4, 2), np.float32)
+    warm = np.full((4, 2), 10.0, np.float32)
+    desc = np.array([[[[1.0, 0.0]]], [[[9.0, 10.0]]]], np.float32)  # (2 maps, 1x1 grid, 2)
+    indexes = {"cold": BankIndex(cold), "warm": BankIndex(warm)}
+    s, patches, used = score_routed(lambda sel: desc[sel], np.array(["both", "both"], object),
+                                    indexes, num_neighbors=1)
+    assert used.tolist() == ["cold", "warm"]
+    assert np.allclose(s, [1.0, 1.0]) and patches.shape == (2, 1, 1)
+    s2, _, used2 = score_routed(lambda sel: desc[sel], np.array(["warm", "cold"], object),
+                                indexes, num_neighbors=1)
+    assert used2.tolist() == ["warm", "cold"] and np.all(s2 > 9)

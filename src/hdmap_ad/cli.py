@@ -105,13 +105,13 @@ def cmd_bank(args: argparse.Namespace) -> None:
 
 def cmd_score(args: argparse.Namespace) -> None:
     from hdmap_ad.banks.bank import GateFit, load_bank
-    from hdmap_ad.banks.gate import gate_decisions
     from hdmap_ad.banks.references import scored_rows
     from hdmap_ad.data.manifest import read_manifest
     from hdmap_ad.features.descriptors import DescriptorSource, load_descriptors
     from hdmap_ad.io import read_json
     from hdmap_ad.scoring.knn import BankIndex
     from hdmap_ad.scoring.score import (
+        experiment_decisions,
         reference_cv_scores,
         score_routed,
         scores_table,
@@ -126,20 +126,18 @@ def cmd_score(args: argparse.Namespace) -> None:
     refs = manifest.set_index("image_id").loc[ref_ids].reset_index()
     test = scored_rows(manifest, refs, exp.references.protocol)
     indexes = {name: BankIndex(b) for name, b in load_bank(args.bank).items()}
-    decisions = gate_decisions(
-        exp.gate, test.p90.to_numpy(), test.condition.to_numpy(dtype=object), fit.threshold
-    )
-    scores, patches = score_routed(
+    decisions = experiment_decisions(exp, test, fit)
+    scores, patches, used = score_routed(
         DescriptorSource(args.features, test.image_id.tolist()),
         decisions, indexes, exp.num_neighbors,
     )
     ref_desc = load_descriptors(args.features, ref_ids)
-    cv_scores, cv_patches, cv_dec = reference_cv_scores(refs, ref_desc, exp, fit)
+    cv_scores, cv_patches, cv_dec, cv_used = reference_cv_scores(refs, ref_desc, exp, fit)
     write_scores(
         args.out,
         [
-            scores_table(test, "test", decisions, scores, patches),
-            scores_table(refs, "reference_cv", cv_dec, cv_scores, cv_patches),
+            scores_table(test, "test", decisions, used, scores, patches),
+            scores_table(refs, "reference_cv", cv_dec, cv_used, cv_scores, cv_patches),
         ],
         {"experiment": exp.to_dict(), "gate": meta["gate"],
          "provenance": meta.get("provenance")},

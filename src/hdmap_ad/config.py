@@ -19,7 +19,7 @@ from hdmap_ad.errors import InputError
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
 
-GATES = ("oracle", "p90", "mixed")
+GATES = ("mixed", "oracle", "p90", "random", "inverse", "both-min", "fallback")
 PROTOCOLS = ("train", "test_good_holdout", "user_leaky", "full")
 RESIZE_MODES = ("nearest", "bilinear", "aspect-pad")
 WEIGHT_SOURCES = ("timm", "file", "package", "random")
@@ -208,6 +208,7 @@ class ExperimentConfig:
     layers: tuple[str, ...]
     references: ReferenceConfig
     gate: str = "mixed"
+    gate_margin: float = 0.02
     coreset_ratio: float = 0.1
     num_neighbors: int = 9
     seed: int = 0

@@ -1,14 +1,23 @@
 """The cold/warm gate: which condition's sub-bank a map is searched in.
 
-Modes: ``oracle`` (the condition from the test index rule), ``p90`` (a threshold on the map's
-90th-percentile intensity, fit on the references only) and ``mixed`` (no gate: one bank).
+Modes:
+- ``mixed``: no gate, one bank.
+- ``oracle``: the condition from the test index rule (the best a gate can do).
+- ``p90``: a threshold on the map's 90th-percentile intensity, fit on the references only.
+- ``random``: a seeded coin per map (a gate that knows nothing).
+- ``inverse``: always the other condition's bank (the worst case).
+- ``both-min``: search both sub-banks and keep the lower image score; the winning bank is
+  recorded per map.
+- ``fallback``: the p90 decision, except for maps whose p90 lies within ``margin`` of the
+  threshold, which are searched in both (as ``both-min``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-COLD, WARM, MIXED = "cold", "warm", "mixed"
+COLD, WARM, MIXED, BOTH = "cold", "warm", "mixed", "both"
+GATE_MODES = ("mixed", "oracle", "p90", "random", "inverse", "both-min", "fallback")
 
 
 def fit_threshold_supervised(p90: np.ndarray, is_warm: np.ndarray) -> float:
@@ -47,31 +56,52 @@ def p90_decisions(p90: np.ndarray, threshold: float) -> np.ndarray:
     return np.where(np.asarray(p90) > threshold, WARM, COLD).astype(object)
 
 
+def _oracle(p90: np.ndarray, conditions: np.ndarray, threshold: float | None) -> np.ndarray:
+    conditions = np.asarray(conditions, dtype=object)
+    out = conditions.copy()
+    unknown = ~np.isin(conditions, [COLD, WARM])
+    if unknown.any():
+        if threshold is None:
+            raise ValueError("oracle gate on maps without a condition needs a threshold")
+        out[unknown] = p90_decisions(np.asarray(p90)[unknown], threshold)
+    return out
+
+
 def gate_decisions(
-    mode: str, p90: np.ndarray, conditions: np.ndarray, threshold: float | None
+    mode: str,
+    p90: np.ndarray,
+    conditions: np.ndarray,
+    threshold: float | None,
+    margin: float = 0.0,
+    seed: int = 0,
 ) -> np.ndarray:
-    """Sub-bank to search for each map.
+    """Sub-bank to search for each map: ``cold``, ``warm``, ``mixed`` or ``both``.
 
     Args:
-        mode: oracle | p90 | mixed.
+        mode: one of ``GATE_MODES`` (see the module docstring).
         p90: ``(N,)`` 90th-percentile intensity per map.
-        conditions: ``(N,)`` true condition per map (cold | warm | unknown); used by oracle only.
-        threshold: the fitted p90 threshold (p90 mode, and oracle on unlabelled maps).
+        conditions: ``(N,)`` true condition per map (cold | warm | unknown); used by oracle
+            and inverse (maps without one fall back to the p90 decision).
+        threshold: the fitted p90 threshold.
+        margin: fallback's half-width around the threshold where both banks are searched.
+        seed: seeds the random gate.
     """
     n = len(p90)
+    p90 = np.asarray(p90, dtype=np.float64)
     if mode == "mixed":
         return np.full(n, MIXED, dtype=object)
-    if mode == "p90":
+    if mode == "both-min":
+        return np.full(n, BOTH, dtype=object)
+    if mode == "random":
+        return np.where(np.random.default_rng(seed).random(n) < 0.5, COLD, WARM).astype(object)
+    if mode in ("oracle", "inverse"):
+        out = _oracle(p90, conditions, threshold)
+        return np.where(out == COLD, WARM, COLD).astype(object) if mode == "inverse" else out
+    if mode in ("p90", "fallback"):
         if threshold is None:
-            raise ValueError("p90 gate needs a fitted threshold")
-        return p90_decisions(p90, threshold)
-    if mode == "oracle":
-        conditions = np.asarray(conditions, dtype=object)
-        out = conditions.copy()
-        unknown = ~np.isin(conditions, [COLD, WARM])
-        if unknown.any():
-            if threshold is None:
-                raise ValueError("oracle gate on maps without a condition needs a threshold")
-            out[unknown] = p90_decisions(np.asarray(p90)[unknown], threshold)
+            raise ValueError(f"{mode} gate needs a fitted threshold")
+        out = p90_decisions(p90, threshold)
+        if mode == "fallback":
+            out[np.abs(p90 - threshold) < margin] = BOTH
         return out
     raise ValueError(f"unknown gate mode {mode!r}")

@@ -21,6 +21,10 @@ def read_map(path: str | Path) -> np.ndarray:
     or negative values.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a map file")
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file (0 bytes)")
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
             arr = np.asarray(tifffile.imread(path))
@@ -33,7 +37,8 @@ def read_map(path: str | Path) -> np.ndarray:
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
     except Exception as exc:  # corrupt or not an image: one clear line, no traceback
-        raise InputError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
+        detail = " ".join(str(exc).split())[:200]  # one line, whatever the library says
+        raise InputError(f"{path}: cannot read image ({type(exc).__name__}: {detail})") from None
     if arr.dtype == np.uint8:
         arr = arr.astype(np.float32) / 255.0
     elif arr.dtype == np.uint16:

@@ -31,7 +31,11 @@ from tqdm import tqdm
 from hdmap_ad.config import BackboneConfig
 from hdmap_ad.data.maps import read_map
 from hdmap_ad.errors import InputError
-from hdmap_ad.features.cache import FeatureWriter, open_feature_writer
+from hdmap_ad.features.cache import (
+    FeatureWriter,
+    open_feature_writer,
+    remove_stale_temp_files,
+)
 from hdmap_ad.features.preprocess import Triple, norm_stats, preprocess
 from hdmap_ad.features.weights import WeightsInfo, load_backbone
 
@@ -54,8 +58,13 @@ def feature_layer_names(model: nn.Module) -> list[str]:
     return [str(entry["module"]) for entry in info]
 
 
-def layer_indices(model: nn.Module, layers: Sequence[str]) -> list[int]:
+def layer_indices(
+    model: nn.Module, layers: Sequence[str], where: str | None = None
+) -> list[int]:
     """``forward_intermediates`` indices of ``layers`` (their positions in ``feature_info``).
+
+    ``where`` names the params key in the error (``backbones.lite2.layers``); default: the
+    model's name.
 
     Raises:
         InputError: a name that is not a feature layer; the message lists the valid ones.
@@ -64,7 +73,8 @@ def layer_indices(model: nn.Module, layers: Sequence[str]) -> list[int]:
     unknown = [layer for layer in layers if layer not in names]
     if unknown:
         raise InputError(
-            f"{_model_name(model)}: unknown layer(s) {unknown}; valid layer names: {names}"
+            f"{where or _model_name(model)}: unknown layer(s) {unknown} for "
+            f"{_model_name(model)}; valid layer names: {names}"
         )
     return [names.index(layer) for layer in layers]
 
@@ -239,9 +249,12 @@ def extract_to_cache(
             unknown layers or unusable weights.
     """
     _check_items(items, out_paths)
+    for path in out_paths.values():  # left by a run killed mid-write
+        remove_stale_temp_files(path)
     model, info = load_backbone(cfg, device)
     layers = list(out_paths)
-    layer_indices(model, layers)  # unknown layers fail before any map is read
+    # unknown layers fail before any map is read or any file is opened
+    layer_indices(model, layers, f"backbones.{cfg.key}.layers")
     mean, std = norm_stats(cfg, model)
     expected: tuple[tuple[int, ...], str] | None = None
     with contextlib.ExitStack() as stack:

