@@ -58,20 +58,32 @@ TINY = {
             "coreset_ratio": 0.5,
             "num_neighbors": 3,
         },
+        "cpd_soft": {
+            "backbone": "lite2",
+            "layers": ["blocks.2", "blocks.4"],
+            "references": {"protocol": "test_good_holdout", "n_cold": 2, "n_warm": 2},
+            "gate": "both-min",
+            "coreset_ratio": 0.5,
+            "num_neighbors": 3,
+            "project_dim": 64,
+            "context": {"radius": [1, 2], "aggregation": "mean", "mode": "concat"},
+        },
     },
-    "targets": {"experiments": ["ungated", "gated"]},
+    "targets": {"experiments": ["ungated", "gated", "cpd_soft"]},
 }
 
 
-def _env() -> dict[str, str]:
+def _env(project: Path) -> dict[str, str]:
+    """The venv's tools, and the project copy's own code (not the editable install's)."""
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(project / "src")
     env.setdefault("OMP_NUM_THREADS", "2")
     return env
 
 
 def _run(args: list[str], cwd: Path) -> str:
-    proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True)
+    proc = subprocess.run(args, cwd=cwd, env=_env(cwd), capture_output=True, text=True)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{out[-4000:]}"
     return out
@@ -116,7 +128,7 @@ def _set_ratio(project: Path, experiment: str, ratio: float) -> None:
 
 def test_dag_runs_and_reruns_only_what_changed(project: Path):
     _smk(project, "all")
-    for exp in ("ungated", "gated"):
+    for exp in ("ungated", "gated", "cpd_soft"):
         m = json.loads((project / f"results/domainC_{exp}.json").read_text())
         assert m["counts"]["test_scored"] == 24 - 4  # hold-outs are not scored
         assert 0.0 <= m["metrics"]["auroc"] <= 1.0
@@ -124,6 +136,11 @@ def test_dag_runs_and_reruns_only_what_changed(project: Path):
     gated = json.loads((project / "results/domainC_gated.json").read_text())
     assert gated["gate"]["accuracy"] is not None
     assert set(gated["counts"]["bank"]) == {"cold", "warm"}
+    cpd = json.loads((project / "results/domainC_cpd_soft.json").read_text())
+    assert cpd["gate"]["searched_both"] == 20
+    assert cpd["provenance"]["features"]["blocks.2"]["weights"]["source"] == "package"
+    bank = json.loads((project / "work/banks/domain_C/cpd_soft.json").read_text())
+    assert bank["dim"] == 64 * 3  # projected to 64, then [f | ctx_1 | ctx_2]
     assert "domainC_gated" in json.loads((project / "results/metrics.json").read_text())
 
     # nothing to do on a second run

@@ -41,7 +41,7 @@ PARAMS = {
             "input_size": 64,
             "resize": "bilinear",
             "layers": LAYERS,
-            "batch_size": 4,
+            "batch_size": 2,  # slow enough that the kill lands mid-extraction
         }
     },
     "experiments": {
@@ -61,9 +61,13 @@ EXTRACT_LOG = Path("work/logs/extract/lite2/C.log")
 SMK = ["snakemake", "--cores", "1", "--profile", "profiles/default"]
 
 
-def _env() -> dict[str, str]:
+def _env(project: Path) -> dict[str, str]:
+    """PATH with this venv; the project copy's own ``src`` first (not the editable install)."""
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(project / "src"), env.get("PYTHONPATH", "")) if p
+    )
     env["OMP_NUM_THREADS"] = "1"
     return env
 
@@ -81,7 +85,7 @@ def _project(root: Path) -> Path:
 
 
 def _smk(cwd: Path, *args: str) -> str:
-    proc = subprocess.run([*SMK, *args], cwd=cwd, env=_env(), capture_output=True, text=True,
+    proc = subprocess.run([*SMK, *args], cwd=cwd, env=_env(cwd), capture_output=True, text=True,
                           timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"snakemake {' '.join(args)} failed:\n{out[-4000:]}"
@@ -107,7 +111,7 @@ def _results(project: Path) -> dict[str, bytes]:
 def test_killed_extraction_resumes_with_identical_results(tmp_path):
     project = _project(tmp_path / "interrupted")
     finals = [project / FEATURES / f"{layer}.parquet" for layer in LAYERS]
-    proc = subprocess.Popen([*SMK, "all"], cwd=project, env=_env(), start_new_session=True,
+    proc = subprocess.Popen([*SMK, "all"], cwd=project, env=_env(project), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pgid = os.getpgid(proc.pid)
     caught: list[Path] = []

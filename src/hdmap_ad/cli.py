@@ -89,13 +89,14 @@ def cmd_bank(args: argparse.Namespace) -> None:
     from hdmap_ad.banks.bank import bank_metadata, build_bank, save_bank, write_bank_metadata
     from hdmap_ad.banks.references import select_references
     from hdmap_ad.data.manifest import read_manifest
-    from hdmap_ad.features.descriptors import load_descriptors
+    from hdmap_ad.features.descriptors import DescriptorSource
     from hdmap_ad.provenance import provenance
 
     exp = _experiment(args)
     manifest = read_manifest(args.manifest)
     refs = select_references(manifest, exp.references, f"experiments.{exp.key}.references")
-    desc = load_descriptors(args.features, refs.image_id.tolist())
+    where = f"experiments.{exp.key}"
+    desc = DescriptorSource(args.features, refs.image_id.tolist(), exp.descriptor, where)()
     banks, sources, fit, assignment = build_bank(refs, desc, exp)
     meta = bank_metadata(exp, refs, assignment, fit, banks, desc.shape[1:3])
     meta["provenance"] = provenance(args.domain, manifest, args.features)
@@ -107,7 +108,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     from hdmap_ad.banks.bank import GateFit, load_bank
     from hdmap_ad.banks.references import scored_rows
     from hdmap_ad.data.manifest import read_manifest
-    from hdmap_ad.features.descriptors import DescriptorSource, load_descriptors
+    from hdmap_ad.features.descriptors import DescriptorSource
     from hdmap_ad.io import read_json
     from hdmap_ad.scoring.knn import BankIndex
     from hdmap_ad.scoring.score import (
@@ -119,6 +120,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     )
 
     exp = _experiment(args)
+    where = f"experiments.{exp.key}"
     meta = read_json(args.meta)
     fit = GateFit(meta["gate"]["threshold"], meta["gate"]["fit"])
     manifest = read_manifest(args.manifest)
@@ -128,10 +130,10 @@ def cmd_score(args: argparse.Namespace) -> None:
     indexes = {name: BankIndex(b) for name, b in load_bank(args.bank).items()}
     decisions = experiment_decisions(exp, test, fit)
     scores, patches, used = score_routed(
-        DescriptorSource(args.features, test.image_id.tolist()),
+        DescriptorSource(args.features, test.image_id.tolist(), exp.descriptor, where),
         decisions, indexes, exp.num_neighbors,
     )
-    ref_desc = load_descriptors(args.features, ref_ids)
+    ref_desc = DescriptorSource(args.features, ref_ids, exp.descriptor, where)()
     cv_scores, cv_patches, cv_dec, cv_used = reference_cv_scores(refs, ref_desc, exp, fit)
     write_scores(
         args.out,

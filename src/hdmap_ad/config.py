@@ -16,6 +16,8 @@ from typing import Any
 import yaml
 
 from hdmap_ad.errors import InputError
+from hdmap_ad.features.context import ContextConfig
+from hdmap_ad.features.descriptors import DescriptorConfig
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
 
@@ -213,6 +215,8 @@ class ExperimentConfig:
     num_neighbors: int = 9
     seed: int = 0
     deploy_folds: int = 4
+    project_dim: int | None = None
+    context: ContextConfig = field(default_factory=ContextConfig)
 
     @classmethod
     def from_dict(cls, key: str, data: dict[str, Any]) -> ExperimentConfig:
@@ -223,6 +227,7 @@ class ExperimentConfig:
         data["references"] = ReferenceConfig.from_dict(
             data.get("references", {}), f"{where}.references"
         )
+        data["context"] = ContextConfig.from_dict(data.get("context") or {}, f"{where}.context")
         cfg = _build(cls, data, where)
         if cfg.gate not in GATES:
             raise InputError(f"{where}.gate: {cfg.gate!r} is not one of {GATES}")
@@ -234,6 +239,11 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def descriptor(self) -> DescriptorConfig:
+        """How bank and query descriptors are built from the cached layers."""
+        return DescriptorConfig(project_dim=self.project_dim, context=self.context)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ A reader never sees half a file: either the old content (or nothing) or the new 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -17,9 +18,36 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def remove_stale_temp_files(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete temp files that a killed writer of ``path`` left beside it; returns them.
+
+    A process killed with SIGKILL (or a power cut) cannot remove its own ``.<name>.*.tmp``.
+    Safe because one job writes one output (Snakemake never runs two writers of a path).
+    """
+    target = Path(path)
+    if not target.parent.is_dir():
+        return []
+    stale = sorted(target.parent.glob(f".{glob.escape(target.name)}.*.tmp"))
+    for tmp in stale:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return stale
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temp path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    Temp files left by an earlier killed writer of ``path`` are removed first.
 
     Example:
         >>> with atomic_path("out.json") as tmp:  # doctest: +SKIP
@@ -27,9 +55,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(target)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are ordinary files
     try:
         yield tmp
         os.replace(tmp, target)

@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator, Sequence
-from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -83,23 +82,6 @@ class FeatureWriter:
 
     def close(self) -> None:
         self._writer.close()
-
-
-def remove_stale_temp_files(path: PathLike) -> list[Path]:
-    """Delete the temp files a killed writer of ``path`` left beside it; returns them.
-
-    ``hdmap_ad.io.atomic_path`` names them ``.<name>.<random>.tmp``; a process killed with
-    SIGKILL (or a power cut) cannot remove its own. Call this only where no other process
-    writes ``path`` at the same time (one Snakemake job per output).
-    """
-    target = Path(path)
-    if not target.parent.is_dir():
-        return []
-    stale = sorted(target.parent.glob(f".{glob_escape(target.name)}.*.tmp"))
-    for tmp in stale:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return stale
 
 
 @contextlib.contextmanager

@@ -6,9 +6,13 @@ finest grid and the channels are concatenated.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from hdmap_ad.features.context import ContextConfig, apply_context, project_channels
 
 
 def combine_layers(layer_maps: list[np.ndarray]) -> np.ndarray:
@@ -35,27 +39,52 @@ def combine_layers(layer_maps: list[np.ndarray]) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(parts, axis=-1), dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class DescriptorConfig:
+    """How patch descriptors are built from the cached layers (bank and queries alike).
+
+    ``project_dim``: adaptive-average projection of the concatenated layers to a fixed width
+    (the reference PatchCore's design; None keeps every channel). ``context``: horizontal
+    context (CPD, see :mod:`hdmap_ad.features.context`), applied after the projection.
+    """
+
+    project_dim: int | None = None
+    context: ContextConfig = field(default_factory=ContextConfig)
+
+    def apply(self, desc: np.ndarray, where: str = "descriptor") -> np.ndarray:
+        """``(N, H, W, D)`` -> ``(N, H, W, D')``; per map, so batches can be built apart."""
+        if self.project_dim is not None:
+            desc = project_channels(desc, self.project_dim)
+        return apply_context(desc, self.context, where=f"{where}.context")
+
+
 class DescriptorSource:
     """Cached layers of a fixed list of maps, read once, combined on demand per batch.
 
     Args:
         feature_paths: one Parquet feature cache per layer (``features/<domain>/<bb>/<layer>``).
         image_ids: manifest ``image_id`` values; positions index into this list.
+        descriptor: projection / context applied after combining the layers.
+        where: params key for error messages (``experiments.<key>``).
     """
 
-    def __init__(self, feature_paths: list[str], image_ids: list[str]) -> None:
+    def __init__(
+        self,
+        feature_paths: list[str],
+        image_ids: list[str],
+        descriptor: DescriptorConfig | None = None,
+        where: str = "descriptor",
+    ) -> None:
         from hdmap_ad.features.cache import read_features
 
         self.layers = [read_features(p, list(image_ids))[1] for p in feature_paths]
+        self.descriptor = descriptor or DescriptorConfig()
+        self.where = where
 
     def __len__(self) -> int:
         return self.layers[0].shape[0]
 
     def __call__(self, positions: np.ndarray | slice = slice(None)) -> np.ndarray:
         """``(B, H, W, D)`` float32 descriptors of the maps at ``positions``."""
-        return combine_layers([layer[positions] for layer in self.layers])
-
-
-def load_descriptors(feature_paths: list[str], image_ids: list[str]) -> np.ndarray:
-    """``(N, H, W, D)`` descriptors of ``image_ids`` (in that order), all at once."""
-    return DescriptorSource(feature_paths, image_ids)()
+        combined = combine_layers([layer[positions] for layer in self.layers])
+        return self.descriptor.apply(combined, self.where)

@@ -34,7 +34,6 @@ from hdmap_ad.errors import InputError
 from hdmap_ad.features.cache import (
     FeatureWriter,
     open_feature_writer,
-    remove_stale_temp_files,
 )
 from hdmap_ad.features.preprocess import Triple, norm_stats, preprocess
 from hdmap_ad.features.weights import WeightsInfo, load_backbone
@@ -249,8 +248,6 @@ def extract_to_cache(
             unknown layers or unusable weights.
     """
     _check_items(items, out_paths)
-    for path in out_paths.values():  # left by a run killed mid-write
-        remove_stale_temp_files(path)
     model, info = load_backbone(cfg, device)
     layers = list(out_paths)
     # unknown layers fail before any map is read or any file is opened

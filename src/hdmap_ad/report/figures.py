@@ -162,6 +162,16 @@ def score_histograms(
     save_figure(fig, path)
 
 
+def _hbox(ax, values: np.ndarray, position: int) -> None:
+    """A horizontal box plot at y = ``position`` (``orientation`` on matplotlib >= 3.10)."""
+    kw = {"positions": [position], "widths": 0.5, "showfliers": False,
+          "medianprops": {"color": "k"}}
+    try:
+        ax.boxplot(values, orientation="horizontal", **kw)
+    except TypeError:  # matplotlib < 3.10
+        ax.boxplot(values, vert=False, **kw)
+
+
 def gate_p90_figure(
     p90_by_group: dict[str, np.ndarray], threshold: float | None, path: PathLike, title: str
 ) -> None:
@@ -181,8 +191,7 @@ def gate_p90_figure(
         v = np.asarray(p90_by_group[name], dtype=np.float64).ravel()
         v = v[np.isfinite(v)]
         if len(v):
-            ax.boxplot(v, positions=[i], vert=False, widths=0.5, showfliers=False,
-                       medianprops={"color": "k"})
+            _hbox(ax, v, i)
             jitter = rng.uniform(-0.18, 0.18, len(v))
             ax.scatter(v, i + jitter, s=10, alpha=0.7, color=_color(name, i), zorder=3)
     if threshold is not None and np.isfinite(threshold):
@@ -257,7 +266,8 @@ def anomaly_map_grid(
     # row height follows the widest aspect (HDMAP is ~1:3), 4.2 in per column
     aspect = max(img.shape[0] / img.shape[1] for img, _ in shown)
     row_h = 4.2 * aspect + 0.55
-    fig, axes = plt.subplots(n, 2, figsize=(9.4, 0.6 + n * row_h), squeeze=False)
+    fig, axes = plt.subplots(n, 2, figsize=(10.0, 0.6 + n * row_h), squeeze=False,
+                             layout="constrained")
     im = None
     for r, ((img, cmap), heat, name) in enumerate(zip(shown, heats, titles, strict=True)):
         h, w = img.shape[:2]
@@ -273,7 +283,6 @@ def anomaly_map_grid(
             ax.set_xticks([])
             ax.set_yticks([])
     fig.suptitle(title)
-    fig.tight_layout()
     assert im is not None
     fig.colorbar(im, ax=axes[:, 1].tolist(), fraction=0.03, pad=0.02, label="patch score")
     save_figure(fig, path)
