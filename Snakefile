@@ -14,3 +14,4 @@ include: "workflow/rules/report.smk"
 rule all:
     input:
         "results/metrics.json",
+        target_hypotheses(),

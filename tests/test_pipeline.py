@@ -68,8 +68,19 @@ TINY = {
             "project_dim": 64,
             "context": {"radius": [1, 2], "aggregation": "mean", "mode": "concat"},
         },
+        "swept": {
+            "backbone": "lite2",
+            "layers": ["blocks.2"],
+            "references": {"protocol": "test_good_holdout", "pick": "random"},
+            "gate": "mixed",
+            "coreset_ratio": 0.5,
+            "num_neighbors": 3,
+            "budgets": [1, 2],
+            "seeds": [0, 1],
+        },
     },
-    "targets": {"experiments": ["ungated", "gated", "cpd_soft"]},
+    "hypotheses": {"H2_gating": {"a": "ungated", "b": "gated", "domains": ["C"], "n_boot": 200}},
+    "targets": {"experiments": ["ungated", "gated", "cpd_soft", "swept"]},
 }
 
 
@@ -141,6 +152,15 @@ def test_dag_runs_and_reruns_only_what_changed(project: Path):
     assert cpd["provenance"]["features"]["blocks.2"]["weights"]["source"] == "package"
     bank = json.loads((project / "work/banks/domain_C/cpd_soft.json").read_text())
     assert bank["dim"] == 64 * 3  # projected to 64, then [f | ctx_1 | ctx_2]
+    swept = json.loads((project / "results/domainC_swept.json").read_text())
+    assert set(swept["budgets"]) == {"1", "2"} and swept["budgets"]["2"]["auroc"]["n"] == 2
+    assert swept["budgets"]["1"]["variants"] == ["swept_b1_s0", "swept_b1_s1"]
+    rows = pd.read_csv(project / "results/summary.csv")
+    assert len(rows[rows.domain == "C"]) == 3 + 4 and (rows.domain == "macro").sum() == 7
+    hyp = json.loads((project / "results/hypotheses/H2_gating.json").read_text())
+    assert hyp["verdict"] in ("supported", "refuted", "inconclusive")
+    ci = hyp["results"]["C"][0]["auroc"]["ci95"]
+    assert ci[0] <= hyp["results"]["C"][0]["auroc"]["delta"] <= ci[1]
     assert "domainC_gated" in json.loads((project / "results/metrics.json").read_text())
 
     # nothing to do on a second run
@@ -203,6 +223,7 @@ def test_real_hdmap_root_tracked_with_dvc_add(tmp_path_factory):
                          "synthetic": {"seed": 1, "n_train": 2, "n_test_good": 2,
                                        "n_test_fault": 2}}
     params["experiments"] = {"ungated": params["experiments"]["ungated"]}
+    params["hypotheses"] = {}
     params["targets"] = {"experiments": ["ungated"]}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "init", "-q"], root)

@@ -171,14 +171,64 @@ def cmd_metrics(args: argparse.Namespace) -> None:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
-    from hdmap_ad.io import atomic_path, read_json, write_json
-    from hdmap_ad.metrics.summary import compact, markdown, target_name
+    import csv
+    import io
 
-    table = compact({target_name(p): read_json(p) for p in args.inputs})
+    from hdmap_ad.io import atomic_path, read_json, write_json
+    from hdmap_ad.metrics.summary import compact, markdown, summary_rows, target_name
+
+    by_target = {target_name(p): read_json(p) for p in args.inputs}
+    table = compact(by_target)
     write_json(args.out, table)
     if args.markdown:
         with atomic_path(args.markdown) as tmp:
             tmp.write_text(markdown(table))
+    if args.csv:
+        rows = summary_rows(_spec(args.entries)["entries"], by_target)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        with atomic_path(args.csv) as tmp:
+            tmp.write_text(buf.getvalue())
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from hdmap_ad.io import read_json, write_json
+    from hdmap_ad.metrics.sweep import summarize_sweep
+
+    spec = _spec(args.spec)
+    write_json(args.out, summarize_sweep(spec["sweep"], spec["variants"],
+                                         [read_json(p) for p in args.inputs]))
+
+
+def cmd_hypothesis(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from hdmap_ad.io import write_json
+    from hdmap_ad.metrics.image import round_floats
+    from hdmap_ad.report.hypothesis import compare_experiments
+
+    spec = _spec(args.spec)
+    cols = ["image_id", "role", "label", "condition", "score"]
+    results: dict[str, list] = {}
+    for pair in spec["pairs"]:
+        cmp = compare_experiments(
+            pd.read_parquet(pair["scores_a"], columns=cols),
+            pd.read_parquet(pair["scores_b"], columns=cols),
+            n_boot=spec["n_boot"], seed=spec["seed"], margin=spec["margin"],
+        )
+        results.setdefault(pair["domain"], []).append(
+            {"budget": pair["budget"], "seed": pair["seed"], "a": pair["variant_a"],
+             "b": pair["variant_b"], **cmp}
+        )
+    verdicts = sorted({r["verdict"] for rs in results.values() for r in rs})
+    overall = verdicts[0] if len(verdicts) == 1 else "mixed: " + ", ".join(verdicts)
+    write_json(args.out, round_floats({
+        "hypothesis": spec["key"], "description": spec["description"],
+        "a": spec["a"], "b": spec["b"], "claim": f"{spec['b']} beats {spec['a']} (AUROC)",
+        "verdict": overall, "results": results,
+    }))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,7 +286,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("inputs", nargs="+")
     s.add_argument("--out", required=True)
     s.add_argument("--markdown", help="also write the table as markdown")
+    s.add_argument("--csv", help="also write summary.csv (needs --entries)")
+    s.add_argument("--entries", default='{"entries": []}',
+                   help="JSON: target -> domain/experiment/variant/budget/seed")
     s.set_defaults(func=cmd_aggregate)
+
+    s = sub.add_parser("sweep", help="mean and spread over a sweep's seeds, per budget")
+    s.add_argument("inputs", nargs="+", help="the variants' metrics JSONs, in spec order")
+    s.add_argument("--spec", required=True, help='JSON {"sweep", "variants": [...]}')
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_sweep)
+
+    s = sub.add_parser("hypothesis", help="paired bootstrap verdict of a hypothesis")
+    s.add_argument("--spec", required=True, help="JSON: the hypothesis and its score pairs")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_hypothesis)
     return p
 
 

@@ -247,8 +247,40 @@ class ExperimentConfig:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """One concrete run of a sweep: its experiment key, reference budget and seed."""
+
+    key: str
+    budget: int | None
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class HypothesisConfig:
+    """A comparison: experiment (or sweep) ``b`` claimed better than ``a`` on ``domains``.
+
+    Paired bootstrap over test images (``n_boot`` resamples, ``seed``); the verdict is
+    supported when the 95% interval of delta AUROC (b - a) lies above ``margin``.
+    """
+
+    key: str
+    a: str
+    b: str
+    domains: tuple[str, ...]
+    n_boot: int = 2000
+    seed: int = 0
+    margin: float = 0.0
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class Params:
-    """Everything params.yaml describes."""
+    """Everything params.yaml describes.
+
+    ``experiments`` holds concrete runs only: an entry with ``budgets`` and/or ``seeds``
+    becomes a sweep, listed in ``sweeps`` (key -> its variants), whose variants are
+    experiments named ``<key>_b<budget>_s<seed>``.
+    """
 
     dataset: DatasetConfig
     domains: tuple[str, ...]
@@ -256,6 +288,14 @@ class Params:
     experiments: dict[str, ExperimentConfig]
     device: str = "cpu"
     target_experiments: tuple[str, ...] = ()
+    sweeps: dict[str, tuple[Variant, ...]] = field(default_factory=dict)
+    hypotheses: dict[str, HypothesisConfig] = field(default_factory=dict)
+
+    def variants(self, name: str) -> tuple[Variant, ...]:
+        """The concrete runs of an experiment or sweep name."""
+        if name in self.sweeps:
+            return self.sweeps[name]
+        return (Variant(name, None, None),)
 
 
 def validate_params(raw: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> None:
@@ -271,11 +311,55 @@ def validate_params(raw: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> Non
         raise InputError(f"params: {where}: {err.message}")
 
 
+def _variant_key(key: str, budget: int | None, seed: int | None) -> str:
+    parts = [key] + ([f"b{budget}"] if budget is not None else [])
+    return "_".join(parts + ([f"s{seed}"] if seed is not None else []))
+
+
+def expand_sweep(
+    key: str, data: dict[str, Any]
+) -> tuple[dict[str, ExperimentConfig], tuple[Variant, ...] | None]:
+    """Concrete experiments of one params entry, and its variants when it is a sweep.
+
+    ``budgets`` sets the references per condition (``n_cold = n_warm = b``; ``k = 2b`` for
+    the train protocol); ``seeds`` sets the reference pick seed and the experiment seed.
+    """
+    data = dict(data)
+    budgets, seeds = data.pop("budgets", None), data.pop("seeds", None)
+    if budgets is None and seeds is None:
+        return {key: ExperimentConfig.from_dict(key, data)}, None
+    out, variants = {}, []
+    for b in budgets if budgets is not None else [None]:
+        for s in seeds if seeds is not None else [None]:
+            vdata = json.loads(json.dumps(data))
+            refs = vdata.setdefault("references", {})
+            if b is not None:
+                if refs.get("protocol") == "train":
+                    refs["k"] = 2 * b
+                else:
+                    refs["n_cold"], refs["n_warm"] = b, b
+            if s is not None:
+                refs["seed"], vdata["seed"] = s, s
+            vkey = _variant_key(key, b, s)
+            out[vkey] = ExperimentConfig.from_dict(vkey, vdata)
+            variants.append(Variant(vkey, b, s))
+    return out, tuple(variants)
+
+
 def parse_params(raw: dict[str, Any]) -> Params:
     """Build and cross-check :class:`Params` from a validated params dict."""
     validate_params(raw)
     backbones = {k: BackboneConfig.from_dict(k, v) for k, v in raw["backbones"].items()}
-    experiments = {k: ExperimentConfig.from_dict(k, v) for k, v in raw["experiments"].items()}
+    experiments: dict[str, ExperimentConfig] = {}
+    sweeps: dict[str, tuple[Variant, ...]] = {}
+    for k, v in raw["experiments"].items():
+        concrete, variants = expand_sweep(k, v)
+        clash = sorted(set(concrete) & (set(experiments) | set(raw["experiments"]) - {k}))
+        if clash:
+            raise InputError(f"experiments.{k}: variant name(s) {clash} clash with other entries")
+        experiments.update(concrete)
+        if variants is not None:
+            sweeps[k] = variants
     for key, exp in experiments.items():
         if exp.backbone not in backbones:
             raise InputError(
@@ -290,23 +374,49 @@ def parse_params(raw: dict[str, Any]) -> Params:
             )
         if not exp.layers:
             raise InputError(f"experiments.{key}.layers: at least one layer is required")
-    targets = tuple(raw.get("targets", {}).get("experiments", list(experiments)))
-    unknown = [t for t in targets if t not in experiments]
+    names = set(experiments) | set(sweeps)
+    targets = tuple(raw.get("targets", {}).get("experiments", list(raw["experiments"])))
+    unknown = [t for t in targets if t not in names]
     if unknown:
         raise InputError(f"targets.experiments: {unknown} are not defined under experiments")
+    domains = tuple(str(d) for d in raw["domains"])
+    hypotheses = {}
+    for hkey, h in (raw.get("hypotheses") or {}).items():
+        hdomains = tuple(str(d) for d in h.get("domains", domains))
+        hyp = _build(HypothesisConfig, {**h, "key": hkey, "domains": hdomains},
+                     f"hypotheses.{hkey}")
+        for arm in ("a", "b"):
+            if getattr(hyp, arm) not in names:
+                raise InputError(f"hypotheses.{hkey}.{arm}: unknown experiment "
+                                 f"{getattr(hyp, arm)!r}")
+        va, vb = (sweeps.get(x) for x in (hyp.a, hyp.b))
+        shape = [(v.budget, v.seed) for v in va or ()], [(v.budget, v.seed) for v in vb or ()]
+        if shape[0] != shape[1]:
+            raise InputError(f"hypotheses.{hkey}: {hyp.a!r} and {hyp.b!r} must have the same "
+                             "budgets and seeds to be compared pairwise")
+        bad = [d for d in hyp.domains if d not in domains]
+        if bad:
+            raise InputError(f"hypotheses.{hkey}.domains: {bad} not in domains")
+        hypotheses[hkey] = hyp
+    unknown = [h for h in raw.get("targets", {}).get("hypotheses", []) if h not in hypotheses]
+    if unknown:
+        raise InputError(f"targets.hypotheses: {unknown} are not defined under hypotheses")
     dataset = DatasetConfig.from_dict(raw["dataset"])
     if not dataset.has_conditions:
-        for key in targets:
-            if experiments[key].gate != "mixed":
-                raise InputError(
-                    f"experiments.{key}.gate: {experiments[key].gate!r} needs cold/warm "
-                    f"conditions, which dataset.kind {dataset.kind!r} does not have; use "
-                    "gate: mixed"
-                )
+        for name in targets:
+            for v in sweeps.get(name, (Variant(name, None, None),)):
+                if experiments[v.key].gate != "mixed":
+                    raise InputError(
+                        f"experiments.{name}.gate: {experiments[v.key].gate!r} needs cold/warm "
+                        f"conditions, which dataset.kind {dataset.kind!r} does not have; use "
+                        "gate: mixed"
+                    )
     return Params(
+        sweeps=sweeps,
+        hypotheses=hypotheses,
         target_experiments=targets,
         dataset=dataset,
-        domains=tuple(str(d) for d in raw["domains"]),
+        domains=domains,
         backbones=backbones,
         experiments=experiments,
         device=raw.get("device", "cpu"),

@@ -1,4 +1,5 @@
 # Config validation, path helpers and target lists. Rules call these; no lambdas in rules.
+import json
 import re
 from pathlib import Path
 
@@ -26,10 +27,16 @@ def code(*parts):
     return files
 
 
+def _alternation(names):
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
 wildcard_constraints:
-    domain="|".join(re.escape(d) for d in PARAMS.domains),
-    experiment="|".join(re.escape(e) for e in PARAMS.experiments),
-    backbone="|".join(re.escape(b) for b in PARAMS.backbones),
+    domain=_alternation(PARAMS.domains),
+    experiment=_alternation(PARAMS.experiments),
+    sweep=_alternation(PARAMS.sweeps),
+    hypothesis=_alternation(PARAMS.hypotheses),
+    backbone=_alternation(PARAMS.backbones),
 
 
 def domain_root(wildcards):
@@ -64,5 +71,66 @@ def result_path(domain, experiment):
     return f"results/{RESULT_PREFIX}{domain}_{experiment}.json"
 
 
+def scores_path(domain, experiment):
+    return f"{WORK}/scores/domain_{domain}/{experiment}.parquet"
+
+
 def target_results():
+    """Metrics JSON of every domain x target (a sweep's summary for a sweep)."""
     return [result_path(d, e) for d in PARAMS.domains for e in PARAMS.target_experiments]
+
+
+def target_hypotheses():
+    names = config.get("targets", {}).get("hypotheses", list(PARAMS.hypotheses))
+    return [f"results/hypotheses/{h}.json" for h in names]
+
+
+def target_entries():
+    """Every concrete run behind the targets, for summary.csv."""
+    return [
+        {"target": f"{RESULT_PREFIX}{d}_{v.key}", "domain": d, "experiment": name,
+         "variant": v.key, "budget": v.budget, "seed": v.seed}
+        for name in PARAMS.target_experiments
+        for d in PARAMS.domains
+        for v in PARAMS.variants(name)
+    ]
+
+
+def target_variant_results():
+    return [result_path(e["domain"], e["variant"]) for e in target_entries()]
+
+
+def entries_spec():
+    return json.dumps({"entries": target_entries()}, sort_keys=True)
+
+
+def sweep_results(wildcards):
+    return [result_path(wildcards.domain, v.key) for v in PARAMS.sweeps[wildcards.sweep]]
+
+
+def sweep_spec(wildcards):
+    variants = [dict(key=v.key, budget=v.budget, seed=v.seed)
+                for v in PARAMS.sweeps[wildcards.sweep]]
+    return json.dumps({"sweep": wildcards.sweep, "variants": variants}, sort_keys=True)
+
+
+def _hypothesis_pairs(name):
+    h = PARAMS.hypotheses[name]
+    return [
+        {"domain": d, "variant_a": va.key, "variant_b": vb.key, "budget": va.budget,
+         "seed": va.seed, "scores_a": scores_path(d, va.key), "scores_b": scores_path(d, vb.key)}
+        for d in h.domains
+        for va, vb in zip(PARAMS.variants(h.a), PARAMS.variants(h.b))
+    ]
+
+
+def hypothesis_scores(wildcards):
+    pairs = _hypothesis_pairs(wildcards.hypothesis)
+    return sorted({p["scores_a"] for p in pairs} | {p["scores_b"] for p in pairs})
+
+
+def hypothesis_spec(wildcards):
+    h = PARAMS.hypotheses[wildcards.hypothesis]
+    return json.dumps({"key": h.key, "a": h.a, "b": h.b, "n_boot": h.n_boot, "seed": h.seed,
+                       "margin": h.margin, "description": h.description,
+                       "pairs": _hypothesis_pairs(wildcards.hypothesis)}, sort_keys=True)

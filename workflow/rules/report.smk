@@ -16,13 +16,47 @@ rule metrics:
         "--domain {wildcards.domain} --out {output} 2> {log}"
 
 
+rule sweep:
+    """Mean and spread over seeds, per budget, of a sweep's variants."""
+    input:
+        sweep_results,
+    output:
+        f"results/{RESULT_PREFIX}{{domain}}_{{sweep}}.json",
+    params:
+        spec=sweep_spec,
+    log:
+        f"{WORK}/logs/sweep/{{domain}}_{{sweep}}.log",
+    shell:
+        "python -m hdmap_ad sweep {input} --spec {params.spec:q} --out {output} 2> {log}"
+
+
+rule hypothesis:
+    """Paired bootstrap verdict of one hypothesis (params: hypotheses.<name>)."""
+    input:
+        scores=hypothesis_scores,
+        code=code("report/hypothesis.py"),
+    output:
+        "results/hypotheses/{hypothesis}.json",
+    params:
+        spec=hypothesis_spec,
+    log:
+        f"{WORK}/logs/hypothesis/{{hypothesis}}.log",
+    shell:
+        "python -m hdmap_ad hypothesis --spec {params.spec:q} --out {output} 2> {log}"
+
+
 rule aggregate:
     input:
         target_results(),
+        variants=target_variant_results(),
     output:
         json="results/metrics.json",
         md="results/summary.md",
+        csv="results/summary.csv",
+    params:
+        entries=entries_spec(),
     log:
         f"{WORK}/logs/aggregate.log",
     shell:
-        "python -m hdmap_ad aggregate {input} --out {output.json} --markdown {output.md} 2> {log}"
+        "python -m hdmap_ad aggregate {input.variants} --out {output.json} "
+        "--markdown {output.md} --csv {output.csv} --entries {params.entries:q} 2> {log}"

@@ -47,3 +47,32 @@ def markdown(table: dict[str, dict[str, Any]]) -> str:
 
 def target_name(path: str | Path) -> str:
     return Path(path).stem
+
+
+def summary_rows(
+    entries: list[dict[str, Any]], metrics_by_target: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Rows of ``summary.csv``: one per domain x experiment x budget x seed, then one macro
+    average per experiment variant over domains (``domain == "macro"``: the mean of the
+    per-domain metrics, never pooled scores).
+
+    Args:
+        entries: ``[{"target", "domain", "experiment", "variant", "budget", "seed"}]``.
+        metrics_by_target: target name -> its metrics JSON.
+    """
+    names = [c for c, _ in COLUMNS]
+    rows = []
+    for e in entries:
+        m = metrics_by_target[e["target"]]
+        rows.append({**{k: e[k] for k in ("domain", "experiment", "variant", "budget", "seed")},
+                     **{c: _get(m, p) for c, p in COLUMNS}})
+    macro = []
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        group = [r for r in rows if r["variant"] == variant]
+        avg = {}
+        for c in names:
+            vals = [r[c] for r in group if r[c] is not None]
+            avg[c] = sum(vals) / len(vals) if len(vals) == len(group) else None
+        macro.append({**{k: group[0][k] for k in ("experiment", "variant", "budget", "seed")},
+                      "domain": "macro", **avg})
+    return round_floats(rows + macro)
