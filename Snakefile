@@ -15,3 +15,4 @@ rule all:
     input:
         "results/metrics.json",
         target_hypotheses(),
+        "results/report.md",

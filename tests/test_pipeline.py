@@ -223,7 +223,6 @@ def test_real_hdmap_root_tracked_with_dvc_add(tmp_path_factory):
                          "synthetic": {"seed": 1, "n_train": 2, "n_test_good": 2,
                                        "n_test_fault": 2}}
     params["experiments"] = {"ungated": params["experiments"]["ungated"]}
-    params["hypotheses"] = {}
     params["targets"] = {"experiments": ["ungated"]}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "init", "-q"], root)

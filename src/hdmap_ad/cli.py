@@ -219,7 +219,7 @@ def cmd_hypothesis(args: argparse.Namespace) -> None:
             n_boot=spec["n_boot"], seed=spec["seed"], margin=spec["margin"],
         )
         results.setdefault(pair["domain"], []).append(
-            {"budget": pair["budget"], "seed": pair["seed"], "a": pair["variant_a"],
+            {"budget": pair["budget"], "ref_seed": pair["seed"], "a": pair["variant_a"],
              "b": pair["variant_b"], **cmp}
         )
     verdicts = sorted({r["verdict"] for rs in results.values() for r in rs})
@@ -229,6 +229,12 @@ def cmd_hypothesis(args: argparse.Namespace) -> None:
         "a": spec["a"], "b": spec["b"], "claim": f"{spec['b']} beats {spec['a']} (AUROC)",
         "verdict": overall, "results": results,
     }))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from hdmap_ad.report.build import build_report
+
+    build_report(_spec(args.spec), args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -301,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", required=True, help="JSON: the hypothesis and its score pairs")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_hypothesis)
+
+    s = sub.add_parser("report", help="results/report.md with tables, verdicts and figures")
+    s.add_argument("--spec", required=True, help="JSON: entries, hypotheses, summary paths")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_report)
     return p
 
 

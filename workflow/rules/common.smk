@@ -134,3 +134,32 @@ def hypothesis_spec(wildcards):
     return json.dumps({"key": h.key, "a": h.a, "b": h.b, "n_boot": h.n_boot, "seed": h.seed,
                        "margin": h.margin, "description": h.description,
                        "pairs": _hypothesis_pairs(wildcards.hypothesis)}, sort_keys=True)
+
+
+def report_entries():
+    """Domain x target experiment (sweeps are reported by their tables)."""
+    return [
+        {"domain": d, "label": f"{RESULT_PREFIX}{d}", "experiment": e,
+         "scores": scores_path(d, e), "metrics": result_path(d, e),
+         "bank_meta": f"{WORK}/banks/domain_{d}/{e}.json",
+         "manifest": f"{WORK}/manifests/domain_{d}.parquet",
+         "has_conditions": DATASET.has_conditions}
+        for d in PARAMS.domains
+        for e in PARAMS.target_experiments
+        if e not in PARAMS.sweeps
+    ]
+
+
+def report_inputs():
+    files = set()
+    for e in report_entries():
+        files |= {e["scores"], e["metrics"], e["bank_meta"], e["manifest"]}
+    return sorted(files)
+
+
+def report_spec():
+    return json.dumps({
+        "entries": report_entries(), "hypotheses": target_hypotheses(),
+        "summary_md": "results/summary.md", "summary_csv": "results/summary.csv",
+        "figures": "results/figures", "plots": "results/plots/roc",
+    }, sort_keys=True)

@@ -60,3 +60,23 @@ rule aggregate:
     shell:
         "python -m hdmap_ad aggregate {input.variants} --out {output.json} "
         "--markdown {output.md} --csv {output.csv} --entries {params.entries:q} 2> {log}"
+
+
+rule report:
+    """results/report.md: summary tables, hypothesis verdicts, figures, ROC data for DVC."""
+    input:
+        report_inputs(),
+        target_hypotheses(),
+        "results/summary.md",
+        "results/summary.csv",
+        code=code("report"),
+    output:
+        md="results/report.md",
+        figures=directory("results/figures"),
+        plots=directory("results/plots/roc"),
+    params:
+        spec=report_spec(),
+    log:
+        f"{WORK}/logs/report.log",
+    shell:
+        "python -m hdmap_ad report --spec {params.spec:q} --out {output.md} 2> {log}"
