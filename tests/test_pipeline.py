@@ -93,11 +93,11 @@ def _env(project: Path) -> dict[str, str]:
     return env
 
 
-def _run(args: list[str], cwd: Path) -> str:
+def _run(args: list[str], cwd: Path, stdout_only: bool = False) -> str:
     proc = subprocess.run(args, cwd=cwd, env=_env(cwd), capture_output=True, text=True)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{out[-4000:]}"
-    return out
+    return proc.stdout if stdout_only else out
 
 
 def _smk(cwd: Path, *args: str) -> str:
@@ -117,16 +117,23 @@ def _jobs(dry_run_output: str) -> dict[str, int]:
     return counts
 
 
+def _copy_project(root: Path) -> None:
+    """Code, workflow and DVC/git config of the project, without data or results."""
+    for name in ("Snakefile", "dvc.yaml", ".dvcignore", ".gitignore", "workflow", "profiles",
+                 "src"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, root / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(src, root / name)
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """A copy of the project (code, workflow, DVC config) with the tiny params."""
     root = tmp_path_factory.mktemp("project")
-    for name in ("Snakefile", "dvc.yaml", ".dvcignore", "workflow", "profiles", "src"):
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, root / name)
+    _copy_project(root)
     (root / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
     return root
 
@@ -194,11 +201,25 @@ def test_dvc_repro_after_bank_param_change_runs_no_extraction(project: Path):
     _run(["dvc", "repro"], project)
     shown = _run(["dvc", "metrics", "show", "--json"], project)
     assert "domainC_gated" in shown
+    plots = json.loads(_run(["dvc", "plots", "show", "--json", "--split"], project,
+                            stdout_only=True))
+    assert not plots["errors"], plots["errors"]
+    assert "results/plots/roc/domainC_gated.csv" in plots["data"], list(plots["data"])
     _set_ratio(project, "ungated", 0.3)
     out = _run(["dvc", "repro"], project)
     assert "extract_" not in out, out[-3000:]
     assert re.search(r"rule bank:|localrule bank:", out), out[-3000:]
     assert "Stage 'synthesize' didn't change" in out
+    assert "domainC_ungated" in _run(["dvc", "metrics", "diff", "--json", "--all"], project)
+
+    # the documented sweep style: dvc exp run -S on a committed project
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    _run([*git, "add", "-A"], project)
+    _run([*git, "commit", "-qm", "base"], project)
+    out = _run(["dvc", "exp", "run", "-S", "experiments.gated.coreset_ratio=0.3"], project)
+    assert "extract_" not in out, out[-3000:]
+    exps = _run(["dvc", "exp", "show", "--json"], project)
+    assert "0.3" in exps and "domainC_gated" in exps
 
 
 def test_real_hdmap_root_tracked_with_dvc_add(tmp_path_factory):
@@ -209,12 +230,7 @@ def test_real_hdmap_root_tracked_with_dvc_add(tmp_path_factory):
     from hdmap_ad.data.synth import write_domain
 
     root = tmp_path_factory.mktemp("real")
-    for name in ("Snakefile", "dvc.yaml", ".dvcignore", "workflow", "profiles", "src"):
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, root / name)
+    _copy_project(root)
     data = "datasets/HDMAP/1000_tiff_minmax"
     write_domain("C", SynthConfig(seed=3, n_train=6, n_test_good=12, n_test_fault=12),
                  root / data / "domain_C")

@@ -203,32 +203,10 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_hypothesis(args: argparse.Namespace) -> None:
-    import pandas as pd
-
     from hdmap_ad.io import write_json
-    from hdmap_ad.metrics.image import round_floats
-    from hdmap_ad.report.hypothesis import compare_experiments
+    from hdmap_ad.report.hypothesis import hypothesis_report
 
-    spec = _spec(args.spec)
-    cols = ["image_id", "role", "label", "condition", "score"]
-    results: dict[str, list] = {}
-    for pair in spec["pairs"]:
-        cmp = compare_experiments(
-            pd.read_parquet(pair["scores_a"], columns=cols),
-            pd.read_parquet(pair["scores_b"], columns=cols),
-            n_boot=spec["n_boot"], seed=spec["seed"], margin=spec["margin"],
-        )
-        results.setdefault(pair["domain"], []).append(
-            {"budget": pair["budget"], "ref_seed": pair["seed"], "a": pair["variant_a"],
-             "b": pair["variant_b"], **cmp}
-        )
-    verdicts = sorted({r["verdict"] for rs in results.values() for r in rs})
-    overall = verdicts[0] if len(verdicts) == 1 else "mixed: " + ", ".join(verdicts)
-    write_json(args.out, round_floats({
-        "hypothesis": spec["key"], "description": spec["description"],
-        "a": spec["a"], "b": spec["b"], "claim": f"{spec['b']} beats {spec['a']} (AUROC)",
-        "verdict": overall, "results": results,
-    }))
+    write_json(args.out, hypothesis_report(_spec(args.spec)))
 
 
 def cmd_report(args: argparse.Namespace) -> None:

@@ -3,7 +3,10 @@ rule bank:
     input:
         manifest=manifest_path,
         features=experiment_features,
-        code=code("banks", "features/descriptors.py", "features/cache.py"),
+        code=code(
+            "banks", "features/descriptors.py", "features/context.py", "features/cache.py",
+            "cli.py",
+        ),
     output:
         bank=f"{WORK}/banks/domain_{{domain}}/{{experiment}}.parquet",
         meta=f"{WORK}/banks/domain_{{domain}}/{{experiment}}.json",

@@ -150,6 +150,11 @@ def report_entries():
     ]
 
 
+def report_plots():
+    """ROC points per domain x experiment (`dvc plots show`); plain files, no folder stamp."""
+    return [f"results/plots/roc/{e['label']}_{e['experiment']}.csv" for e in report_entries()]
+
+
 def report_inputs():
     files = set()
     for e in report_entries():

@@ -8,7 +8,10 @@ for _key, _bb in PARAMS.backbones.items():
             f"extract_{_key}"
         input:
             manifest=manifest_path,
-            code=code("features", "data/maps.py"),
+            code=code(
+                "features/extract.py", "features/preprocess.py", "features/weights.py",
+                "features/cache.py", "data/maps.py",
+            ),
         output:
             [f"{WORK}/features/domain_{{domain}}/{_key}/{layer}.parquet" for layer in _bb.layers],
         params:

@@ -5,7 +5,7 @@ rule metrics:
         meta=f"{WORK}/banks/domain_{{domain}}/{{experiment}}.json",
         manifest=manifest_path,
         features=experiment_features,
-        code=code("metrics"),
+        code=code("metrics", "provenance.py", "cli.py"),
     output:
         f"results/{RESULT_PREFIX}{{domain}}_{{experiment}}.json",
     log:
@@ -19,7 +19,8 @@ rule metrics:
 rule sweep:
     """Mean and spread over seeds, per budget, of a sweep's variants."""
     input:
-        sweep_results,
+        variants=sweep_results,
+        code=code("metrics", "cli.py"),
     output:
         f"results/{RESULT_PREFIX}{{domain}}_{{sweep}}.json",
     params:
@@ -27,14 +28,14 @@ rule sweep:
     log:
         f"{WORK}/logs/sweep/{{domain}}_{{sweep}}.log",
     shell:
-        "python -m hdmap_ad sweep {input} --spec {params.spec:q} --out {output} 2> {log}"
+        "python -m hdmap_ad sweep {input.variants} --spec {params.spec:q} --out {output} 2> {log}"
 
 
 rule hypothesis:
     """Paired bootstrap verdict of one hypothesis (params: hypotheses.<name>)."""
     input:
         scores=hypothesis_scores,
-        code=code("report/hypothesis.py"),
+        code=code("report/hypothesis.py", "cli.py"),
     output:
         "results/hypotheses/{hypothesis}.json",
     params:
@@ -49,6 +50,7 @@ rule aggregate:
     input:
         target_results(),
         variants=target_variant_results(),
+        code=code("metrics", "cli.py"),
     output:
         json="results/metrics.json",
         md="results/summary.md",
@@ -69,11 +71,11 @@ rule report:
         target_hypotheses(),
         "results/summary.md",
         "results/summary.csv",
-        code=code("report"),
+        code=code("report", "cli.py"),
     output:
         md="results/report.md",
         figures=directory("results/figures"),
-        plots=directory("results/plots/roc"),
+        plots=report_plots(),
     params:
         spec=report_spec(),
     log:

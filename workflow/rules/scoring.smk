@@ -5,7 +5,9 @@ rule score:
         features=experiment_features,
         bank=f"{WORK}/banks/domain_{{domain}}/{{experiment}}.parquet",
         meta=f"{WORK}/banks/domain_{{domain}}/{{experiment}}.json",
-        code=code("scoring", "banks"),
+        code=code(
+            "scoring", "banks", "features/descriptors.py", "features/context.py", "cli.py"
+        ),
     output:
         f"{WORK}/scores/domain_{{domain}}/{{experiment}}.parquet",
     params:

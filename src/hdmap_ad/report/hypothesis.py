@@ -346,3 +346,36 @@ def compare_experiments(
         "per_condition": per_condition,
     }
     return round_floats(out)
+
+
+def hypothesis_report(spec: dict[str, Any]) -> dict[str, Any]:
+    """The verdict file of one hypothesis.
+
+    Args:
+        spec: ``{"key", "a", "b", "description", "n_boot", "seed", "margin", "pairs": [{domain,
+            variant_a, variant_b, budget, seed, scores_a, scores_b}]}``; a pair compares the
+            scores Parquet files of two concrete runs (same budget and reference seed).
+
+    Returns:
+        ``{hypothesis, description, a, b, claim, verdict, results: {domain: [...]}}``; the
+        overall verdict is the common verdict of all pairs, or ``mixed: ...``.
+    """
+    cols = ["image_id", "role", "label", "condition", "score"]
+    results: dict[str, list[dict[str, Any]]] = {}
+    for pair in spec["pairs"]:
+        cmp = compare_experiments(
+            pd.read_parquet(pair["scores_a"], columns=cols),
+            pd.read_parquet(pair["scores_b"], columns=cols),
+            n_boot=spec["n_boot"], seed=spec["seed"], margin=spec["margin"],
+        )
+        results.setdefault(pair["domain"], []).append(
+            {"budget": pair["budget"], "ref_seed": pair["seed"], "a": pair["variant_a"],
+             "b": pair["variant_b"], **cmp}
+        )
+    verdicts = sorted({r["verdict"] for rs in results.values() for r in rs})
+    overall = verdicts[0] if len(verdicts) == 1 else "mixed: " + ", ".join(verdicts)
+    return round_floats({
+        "hypothesis": spec["key"], "description": spec["description"],
+        "a": spec["a"], "b": spec["b"], "claim": f"{spec['b']} beats {spec['a']} (AUROC)",
+        "verdict": overall, "results": results,
+    })
