@@ -37,3 +37,29 @@ def test_bad_params_name_the_key(mutate, needle):
     mutate(raw)
     with pytest.raises(InputError, match=needle.replace(".", r"\.")):
         parse_params(raw)
+
+
+def test_user_study_preset_is_valid_and_covers_the_study():
+    p = load_params(REPO / "presets" / "user_study.yaml")
+    gates = {p.experiments[v.key].gate for v in p.variants("h2_oracle") + p.variants("h2_p90")}
+    assert gates == {"oracle", "p90"}
+    assert {v.budget for v in p.variants("h2_mixed")} == {1, 4, 16}
+    assert {v.budget for v in p.variants("budget_sweep")} == {1, 2, 4, 8, 16, 32}
+    aggs = {e.context.aggregation for e in p.experiments.values() if e.context.radius}
+    assert aggs == {"mean", "gaussian", "median", "trimmed", "max"}
+    assert {e.backbone for e in p.experiments.values()} == {"effnet_lite2", "effnet_lite0"}
+    assert {"H1_backbone", "H2_p90_vs_mixed", "H3_context"} <= set(p.hypotheses)
+
+
+def test_sweep_expands_budgets_and_seeds():
+    raw = _raw()
+    raw["experiments"]["ungated"].update(budgets=[1, 4], seeds=[0, 2])
+    with pytest.raises(InputError, match="hypotheses.H2_gating: .* same budgets and seeds"):
+        parse_params(raw)  # a sweep compared with a single run
+    raw["experiments"]["gated"].update(budgets=[1, 4], seeds=[0, 2])
+    p = parse_params(raw)
+    keys = [v.key for v in p.variants("ungated")]
+    assert keys == ["ungated_b1_s0", "ungated_b1_s2", "ungated_b4_s0", "ungated_b4_s2"]
+    e = p.experiments["ungated_b4_s2"]
+    assert (e.references.n_cold, e.references.n_warm, e.references.seed, e.seed) == (4, 4, 2, 2)
+    assert "ungated" not in p.experiments
