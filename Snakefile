@@ -11,6 +11,16 @@ include: "workflow/rules/scoring.smk"
 include: "workflow/rules/report.smk"
 
 
+# Light bookkeeping rules stay on the submit host in cluster runs.
+localrules:
+    all,
+    synthetic_data,
+    aggregate,
+    sweep,
+    hypothesis,
+    report,
+
+
 rule all:
     input:
         "results/metrics.json",
