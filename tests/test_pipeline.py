@@ -183,6 +183,17 @@ def test_dag_runs_and_reruns_only_what_changed(project: Path):
     _smk(project, "all")
     assert (project / "results/domainC_ungated.json").read_bytes() == before
 
+    # a new CPD experiment over the cached backbone runs no extraction either
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["experiments"]["cpd_new"] = {**params["experiments"]["gated"],
+                                        "context": {"radius": [3], "aggregation": "median"}}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    jobs = _jobs(_smk(project, "-n", "results/domainC_cpd_new.json"))
+    assert jobs.get("bank") == 1 and jobs.get("metrics") == 1, jobs
+    assert not any(rule.startswith("extract_") for rule in jobs), jobs
+    params["experiments"].pop("cpd_new")
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
     # determinism: the same params give byte-identical metrics JSON from a clean rebuild
     first = {p.name: p.read_bytes() for p in (project / "results").glob("*.json")}
     shutil.rmtree(project / "work")

@@ -10,18 +10,15 @@ second copy of the project.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from tests.test_pipeline import _copy_project, _env
 
 pytestmark = pytest.mark.slow
 
@@ -61,25 +58,9 @@ EXTRACT_LOG = Path("work/logs/extract/lite2/C.log")
 SMK = ["snakemake", "--cores", "1", "--profile", "profiles/default"]
 
 
-def _env(project: Path) -> dict[str, str]:
-    """PATH with this venv; the project copy's own ``src`` first (not the editable install)."""
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(project / "src"), env.get("PYTHONPATH", "")) if p
-    )
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
 def _project(root: Path) -> Path:
     root.mkdir()
-    for name in ("Snakefile", "dvc.yaml", "workflow", "profiles", "src"):
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, root / name)
+    _copy_project(root)
     (root / "params.yaml").write_text(yaml.safe_dump(PARAMS, sort_keys=False))
     return root
 

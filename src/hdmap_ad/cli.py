@@ -57,6 +57,7 @@ def cmd_extract(args: argparse.Namespace) -> None:
     from hdmap_ad.config import BackboneConfig
     from hdmap_ad.data.manifest import read_manifest
     from hdmap_ad.features.extract import extract_to_cache
+    from hdmap_ad.provenance import data_hash
 
     spec = _spec(args.spec)
     cfg = BackboneConfig.from_dict(spec.pop("key"), spec)
@@ -64,7 +65,8 @@ def cmd_extract(args: argparse.Namespace) -> None:
     out_dir = Path(args.out_dir)
     out_paths = {layer: str(out_dir / f"{layer}.parquet") for layer in cfg.layers}
     items = list(zip(manifest.image_id, manifest.path, strict=True))
-    extract_to_cache(items, cfg, out_paths, device=_device(args.device), progress=not args.quiet)
+    extract_to_cache(items, cfg, out_paths, device=_device(args.device), progress=not args.quiet,
+                     provenance={"data_sha256": data_hash(manifest)})
 
 
 def _device(name: str) -> str:

@@ -229,8 +229,11 @@ def extract_to_cache(
     out_paths: dict[str, str],
     device: str = "cpu",
     progress: bool = True,
+    provenance: dict[str, Any] | None = None,
 ) -> None:
     """Extract every layer in ``out_paths`` for ``items`` and write one cache file per layer.
+
+    ``provenance`` (e.g. the data hash of the maps) is added to every file's metadata.
 
     Maps are read and processed in batches of ``cfg.batch_size`` (one forward pass each) and
     streamed to the files one row group per batch; each file appears atomically at the end.
@@ -274,7 +277,7 @@ def extract_to_cache(
                     shape = tuple(feats[layer].shape[1:])
                     meta = cache_metadata(
                         cfg, info, layer, shape, mean, std, maps.shape[1:], device
-                    )
+                    ) | (provenance or {})
                     writers[layer] = stack.enter_context(
                         open_feature_writer(Path(out_paths[layer]), shape, meta)
                     )
