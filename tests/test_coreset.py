@@ -42,3 +42,34 @@ def test_ratio_one_keeps_all_and_seed_is_deterministic():
     assert greedy_coreset(x, 1.0).tolist() == list(range(50))
     assert greedy_coreset(x, 0.3, seed=7).tolist() == greedy_coreset(x, 0.3, seed=7).tolist()
     assert greedy_coreset(x, 0.3, seed=7).tolist() != greedy_coreset(x, 0.3, seed=8).tolist()
+
+
+def test_chunked_projection_matches_one_matmul(monkeypatch):
+    import hdmap_ad.banks.coreset as coreset
+
+    x = np.random.default_rng(2).standard_normal((300, 40)).astype(np.float32)
+    whole = coreset.random_projection(x, 16, seed=4)
+    monkeypatch.setattr(coreset, "CHUNK_ROWS", 7)
+    np.testing.assert_allclose(coreset.random_projection(x, 16, seed=4), whole, rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_explicit_k_and_cuda_request_without_gpu_fall_back_to_the_same_selection():
+    import torch
+
+    x = np.random.default_rng(5).standard_normal((200, 8)).astype(np.float32)
+    got = greedy_coreset(x, 0.1, seed=1, k=13)
+    assert len(got) == 13 and got.tolist()[:10] == greedy_coreset(x, 0.05, seed=1).tolist()
+    if not torch.cuda.is_available():
+        assert greedy_coreset(x, 0.1, seed=1, device="cuda").tolist() == \
+            greedy_coreset(x, 0.1, seed=1).tolist()
+
+
+def test_coverage_radius_against_numpy():
+    from hdmap_ad.banks.coreset import coverage_radius
+
+    x = np.random.default_rng(6).standard_normal((120, 5)).astype(np.float32)
+    sel = greedy_coreset(x, 0.1, seed=0)
+    want = np.sqrt(((x[:, None] - x[sel][None]) ** 2).sum(-1).min(1).max())
+    assert coverage_radius(x, sel) == pytest.approx(want, rel=1e-5)
+    assert coverage_radius(x, np.arange(120)) == pytest.approx(0.0, abs=1e-3)
