@@ -5,8 +5,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tifffile
 
+from hdmap_ad.cli import main
 from tests.test_references import _write_domain
 
 
@@ -50,3 +52,39 @@ def test_validate_params(tmp_path):
     p.write_text("dataset: {kind: synthetic, root: x}\n")
     proc = _cli("validate", "--params", str(p))
     assert proc.returncode == 2 and "params:" in proc.stderr and "domains" in proc.stderr
+
+
+@pytest.mark.parametrize("refs,folds,n_cv", [
+    ({"protocol": "full"}, 0, 0),             # deploy_folds 0: no held-out reference scores
+    ({"protocol": "train", "k": 1, "seed": 0}, 2, 0),  # one reference: nothing to hold out
+    ({"protocol": "full"}, 3, 3),
+])
+def test_score_and_metrics_without_reference_folds(tmp_path, refs, folds, n_cv):
+    import pyarrow.parquet as pq
+
+
+    root = _write_domain(tmp_path / "domain_X", n_test=2)
+    manifest, feats = tmp_path / "m.parquet", tmp_path / "features"
+    backbone = {"key": "r18", "model": "resnet18", "weights": {"source": "random"},
+                "input_size": 32, "layers": ["layer2"], "batch_size": 4}
+    exp = json.dumps({"key": "e", "backbone": "r18", "layers": ["layer2"], "references": refs,
+                      "gate": "mixed", "coreset_ratio": 0.5, "deploy_folds": folds})
+    f = [str(feats / "layer2.parquet")]
+    common = ["--manifest", str(manifest), "--features", *f, "--spec", exp,
+              "--meta", str(tmp_path / "b.json")]
+    for argv in (
+        ["manifest", "--domain-root", str(root), "--out", str(manifest)],
+        ["extract", "--manifest", str(manifest), "--spec", json.dumps(backbone),
+         "--out-dir", str(feats), "--quiet"],
+        ["bank", *common, "--out", str(tmp_path / "b.parquet")],
+        ["score", *common, "--bank", str(tmp_path / "b.parquet"),
+         "--out", str(tmp_path / "s.parquet")],
+        ["metrics", "--scores", str(tmp_path / "s.parquet"), "--meta", str(tmp_path / "b.json"),
+         "--manifest", str(manifest), "--features", *f, "--domain", "X",
+         "--out", str(tmp_path / "m.json")],
+    ):
+        assert main(argv) == 0, argv[0]
+    roles = pq.read_table(tmp_path / "s.parquet").column("role").to_pylist()
+    assert roles.count("test") == 4 and roles.count("reference_cv") == n_cv
+    deployable = json.loads((tmp_path / "m.json").read_text())["thresholds"]["deployable"]
+    assert (deployable is None) == (n_cv == 0)

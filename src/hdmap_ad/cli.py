@@ -132,7 +132,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     indexes = {name: BankIndex(b) for name, b in load_bank(args.bank).items()}
     decisions = experiment_decisions(exp, test, fit)
     scores, patches, used = score_routed(
-        DescriptorSource(args.features, test.image_id.tolist(), exp.descriptor, where),
+        DescriptorSource(args.features, test.image_id.tolist(), exp.descriptor, where, stream=True),
         decisions, indexes, exp.num_neighbors,
     )
     ref_desc = DescriptorSource(args.features, ref_ids, exp.descriptor, where)()
@@ -141,7 +141,9 @@ def cmd_score(args: argparse.Namespace) -> None:
         args.out,
         [
             scores_table(test, "test", decisions, used, scores, patches),
-            scores_table(refs, "reference_cv", cv_dec, cv_used, cv_scores, cv_patches),
+            # no held-out scores with one reference or deploy_folds 0
+            scores_table(refs.iloc[: len(cv_scores)], "reference_cv", cv_dec, cv_used,
+                         cv_scores, cv_patches),
         ],
         {"experiment": exp.to_dict(), "gate": meta["gate"],
          "provenance": meta.get("provenance")},

@@ -191,3 +191,64 @@ def read_features(
         )
     rows = np.fromiter((row_of[i] for i in image_ids), dtype=np.int64, count=len(image_ids))
     return list(image_ids), feats[rows], metadata
+
+
+class FeatureReader:
+    """Random access to the rows of one cache file, one Parquet row group in memory at a time.
+
+    Only the ``image_id`` column is read up front; :meth:`rows` decodes the row groups holding
+    the requested ids, keeping the last one decoded, so reading a list of ids in file order
+    decodes every row group once and memory stays at one row group plus the rows returned.
+    """
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = path
+        try:
+            self._file = pq.ParquetFile(path)
+        except FileNotFoundError:
+            raise InputError(f"{path}: feature cache not found") from None
+        except Exception as exc:  # not Parquet, truncated
+            raise InputError(
+                f"{path}: not a readable Parquet file ({type(exc).__name__})"
+            ) from None
+        schema = self._file.schema_arrow
+        self.metadata = _metadata_from_schema(schema, path)
+        for name in ("image_id", "features"):
+            if name not in schema.names:
+                raise InputError(f"{path}: feature cache has no {name!r} column")
+        ids = self._file.read(columns=["image_id"]).column("image_id").to_pylist()
+        self._row_of = {str(image_id): row for row, image_id in enumerate(ids)}
+        sizes = [self._file.metadata.row_group(i).num_rows
+                 for i in range(self._file.num_row_groups)]
+        self._starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self._row_of)
+
+    def check_ids(self, image_ids: Sequence[str]) -> None:
+        """Raise :class:`InputError` naming the ids that are not in the file."""
+        missing = [i for i in image_ids if i not in self._row_of]
+        if missing:
+            raise InputError(
+                f"{self.path}: {len(missing)} image id(s) not in the feature cache, "
+                f"e.g. {missing[:5]}"
+            )
+
+    def _group(self, g: int) -> np.ndarray:
+        if self._cached is None or self._cached[0] != g:
+            column = self._file.read_row_group(g, columns=["features"]).column("features")
+            self._cached = (g, _features_array(column, self.path))
+        return self._cached[1]
+
+    def rows(self, image_ids: Sequence[str]) -> np.ndarray:
+        """``(n, gh, gw, C)`` float32 features of ``image_ids``, in that order."""
+        self.check_ids(image_ids)
+        rows = np.fromiter((self._row_of[i] for i in image_ids), np.int64, len(image_ids))
+        groups = np.searchsorted(self._starts, rows, side="right") - 1
+        shape = tuple(self._file.schema_arrow.field("features").type.shape)
+        out = np.empty((len(rows), *shape), dtype=np.float32)
+        for pos in np.argsort(groups, kind="stable"):
+            g = int(groups[pos])
+            out[pos] = self._group(g)[rows[pos] - self._starts[g]]
+        return out

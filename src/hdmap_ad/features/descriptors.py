@@ -59,13 +59,18 @@ class DescriptorConfig:
 
 
 class DescriptorSource:
-    """Cached layers of a fixed list of maps, read once, combined on demand per batch.
+    """Cached layers of a fixed list of maps, combined on demand per batch.
+
+    With ``stream=False`` every layer is read into memory once; with ``stream=True`` rows are
+    decoded from the files per call (:class:`~hdmap_ad.features.cache.FeatureReader`), so
+    memory does not grow with the number of maps (scoring large test sets).
 
     Args:
         feature_paths: one Parquet feature cache per layer (``features/<domain>/<bb>/<layer>``).
         image_ids: manifest ``image_id`` values; positions index into this list.
         descriptor: projection / context applied after combining the layers.
         where: params key for error messages (``experiments.<key>``).
+        stream: read rows from the files per call instead of all at once.
     """
 
     def __init__(
@@ -74,17 +79,31 @@ class DescriptorSource:
         image_ids: list[str],
         descriptor: DescriptorConfig | None = None,
         where: str = "descriptor",
+        stream: bool = False,
     ) -> None:
-        from hdmap_ad.features.cache import read_features
+        from hdmap_ad.features.cache import FeatureReader, read_features
 
-        self.layers = [read_features(p, list(image_ids))[1] for p in feature_paths]
+        self.image_ids = np.asarray(list(image_ids), dtype=object)
+        self.readers: list[FeatureReader] = []
+        self.layers: list[np.ndarray] = []
+        if stream:
+            self.readers = [FeatureReader(p) for p in feature_paths]
+            for reader in self.readers:
+                reader.check_ids(list(self.image_ids))
+        else:
+            self.layers = [read_features(p, list(self.image_ids))[1] for p in feature_paths]
         self.descriptor = descriptor or DescriptorConfig()
         self.where = where
 
     def __len__(self) -> int:
-        return self.layers[0].shape[0]
+        return len(self.image_ids)
 
     def __call__(self, positions: np.ndarray | slice = slice(None)) -> np.ndarray:
         """``(B, H, W, D)`` float32 descriptors of the maps at ``positions``."""
-        combined = combine_layers([layer[positions] for layer in self.layers])
+        if self.readers:
+            ids = list(self.image_ids[positions])
+            maps = [reader.rows(ids) for reader in self.readers]
+        else:
+            maps = [layer[positions] for layer in self.layers]
+        combined = combine_layers(maps)
         return self.descriptor.apply(combined, self.where)

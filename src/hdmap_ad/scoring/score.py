@@ -88,10 +88,11 @@ def reference_cv_scores(
     no references left in that fold, it is scored against all remaining references.
 
     Returns ``(scores (N,), patch_scores (N, H, W), decisions (N,), bank (N,))``; empty
-    arrays when there are fewer than two references.
+    arrays when there are fewer than two references or ``deploy_folds`` is 0 (no deployable
+    threshold; saves the fold banks' coresets on full-train banks).
     """
     n = len(refs)
-    if n < 2:
+    if n < 2 or exp.deploy_folds == 0:
         h, w = ref_desc.shape[1:3]
         empty = np.zeros(0, object)
         return np.zeros(0, np.float32), np.zeros((0, h, w), np.float32), empty, empty
