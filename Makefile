@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 CORES ?= all
 
-.PHONY: install demo test lint clean-work
+.PHONY: install demo test lint clean-work bench bench-anomalib bench-coreset bench-memory bench-search bench-cache
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,35 @@ demo: install
 
 test: install
 	PATH=$(abspath $(BIN)):$$PATH python -m pytest -q
+
+# Benchmarks (figures printed and written under results/benchmarks/). anomalib gets its own
+# environment so its pins never touch ours.
+ANOMALIB_VENV ?= .venv-anomalib
+ANOMALIB_SPEC ?= anomalib==2.7.0
+
+$(ANOMALIB_VENV)/.installed: Makefile
+	$(PYTHON) -m venv $(ANOMALIB_VENV)
+	$(ANOMALIB_VENV)/bin/python -m pip install -q --upgrade pip
+	$(ANOMALIB_VENV)/bin/python -m pip install -q $(TORCH_SPEC)
+	$(ANOMALIB_VENV)/bin/python -m pip install -q $(ANOMALIB_SPEC)
+	touch $@
+
+bench-anomalib: install $(ANOMALIB_VENV)/.installed
+	$(BIN)/python benchmarks/vs_anomalib.py
+
+bench-coreset: install $(ANOMALIB_VENV)/.installed
+	$(BIN)/python benchmarks/coreset_scale.py
+
+bench-memory: install
+	$(BIN)/python benchmarks/scoring_memory.py
+
+bench-search: install
+	$(BIN)/python benchmarks/search_recall.py
+
+bench-cache: install
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks/caching.py
+
+bench: bench-anomalib bench-coreset bench-memory bench-search bench-cache
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

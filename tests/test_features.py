@@ -411,6 +411,7 @@ def test_extract_to_cache_is_deterministic(tmp_path: Path) -> None:
     assert meta["layer"] == "blocks.2" and meta["grid"] == [8, 8] and meta["channels"] == 48
     assert meta["weights"]["source"] == "random" and meta["map_shape"] == [31, 95]
     assert meta["mean"] == [0.5, 0.5, 0.5] and set(meta["versions"]) >= {"torch", "timm"}
+    assert meta["device"] == "cpu" and meta["precision"] == "float32"
     # The cache holds exactly what extract_batch gives for the same batches.
     model, _ = load_backbone(cfg)
     x = preprocess(random_maps(5)[:2], cfg, (0.5,) * 3, (0.5,) * 3)
@@ -434,3 +435,26 @@ def test_extract_to_cache_rejects_mixed_shapes(tmp_path: Path) -> None:
     assert not any((tmp_path / "out").glob("*"))  # nothing half-written
     with pytest.raises(InputError, match=r"unknown layer.*valid layer names"):
         extract_to_cache(items[:1], cfg, {"blocks.3": str(tmp_path / "x.parquet")}, progress=False)
+
+
+def test_precision_is_bf16_autocast_only_on_cuda() -> None:
+    from hdmap_ad.features.extract import precision
+
+    assert precision("cpu", True) == "float32"
+    assert precision("cuda", True) == precision("cuda:0", True) == "bf16-autocast"
+    assert precision("cuda", False) == "float32"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_extraction_keeps_the_layout_and_is_close_to_cpu(tmp_path: Path) -> None:
+    items = _write_maps(tmp_path / "maps", random_maps(4))
+    cfg = backbone(input_size=64, batch_size=2)
+    out = {}
+    for device in ("cpu", "cuda"):
+        paths = {layer: str(tmp_path / device / f"{layer}.parquet") for layer in cfg.layers}
+        extract_to_cache(items, cfg, paths, device=device, progress=False)
+        out[device] = read_features(paths["blocks.4"])
+    assert out["cuda"][0] == out["cpu"][0] and out["cuda"][1].shape == out["cpu"][1].shape
+    assert out["cuda"][1].dtype == np.float32 and out["cuda"][2]["precision"] == "bf16-autocast"
+    a, b = out["cpu"][1].reshape(-1), out["cuda"][1].reshape(-1)
+    assert np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.99

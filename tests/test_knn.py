@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from hdmap_ad.scoring.knn import BankIndex, image_scores, softmax
 
@@ -47,3 +48,35 @@ def test_reweighting_hand_computed_single_worst():
     # m* = (3,0); its 2 nearest bank items: itself (0) and (0,0) (3) -> from q*: 1.0 and 2.0
     w = 1 - softmax(np.array([1.0, 2.0]))[0]
     assert np.isclose(s[0], w * 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", [
+    {"index": "ivf", "nlist": 16, "nprobe": 16},   # all cells probed: exact
+    {"index": "hnsw", "hnsw_m": 16, "ef_search": 256},
+])
+def test_approximate_indexes_agree_with_exact_and_are_deterministic(cfg):
+    from hdmap_ad.scoring.knn import SearchConfig
+
+    rng = np.random.default_rng(0)
+    bank = rng.standard_normal((2000, 12)).astype(np.float32)
+    q = rng.standard_normal((300, 12)).astype(np.float32)
+    exact_d, exact_i = BankIndex(bank).search(q, 1)
+    search = SearchConfig.from_dict(cfg)
+    d, i = BankIndex(bank, search).search(q, 1)
+    assert np.mean(i[:, 0] == exact_i[:, 0]) >= 0.98
+    np.testing.assert_allclose(d[i == exact_i], exact_d[i == exact_i], rtol=1e-5)
+    d2, i2 = BankIndex(bank, search).search(q, 1)
+    assert np.array_equal(i, i2) and np.array_equal(d, d2)
+
+
+def test_ivf_nlist_is_capped_for_small_banks_and_bad_search_keys_are_named():
+    from hdmap_ad.errors import InputError
+    from hdmap_ad.scoring.knn import SearchConfig
+
+    bank = np.random.default_rng(1).standard_normal((100, 4)).astype(np.float32)
+    index = BankIndex(bank, SearchConfig(index="ivf", nlist=1024, nprobe=8)).index
+    assert index.nlist == 2 and index.nprobe == 2
+    with pytest.raises(InputError, match=r"experiments.e.search.index: 'annoy'"):
+        SearchConfig.from_dict({"index": "annoy"}, "experiments.e.search")
+    with pytest.raises(InputError, match=r"search.nprob: unknown key"):
+        SearchConfig.from_dict({"nprob": 3})

@@ -129,7 +129,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     ref_ids = [r["image_id"] for r in meta["references"]]
     refs = manifest.set_index("image_id").loc[ref_ids].reset_index()
     test = scored_rows(manifest, refs, exp.references.protocol)
-    indexes = {name: BankIndex(b) for name, b in load_bank(args.bank).items()}
+    indexes = {name: BankIndex(b, exp.search) for name, b in load_bank(args.bank).items()}
     decisions = experiment_decisions(exp, test, fit)
     scores, patches, used = score_routed(
         DescriptorSource(args.features, test.image_id.tolist(), exp.descriptor, where, stream=True),

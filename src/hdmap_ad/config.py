@@ -18,6 +18,7 @@ import yaml
 from hdmap_ad.errors import InputError
 from hdmap_ad.features.context import ContextConfig
 from hdmap_ad.features.descriptors import DescriptorConfig
+from hdmap_ad.scoring.knn import SearchConfig
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
 
@@ -136,7 +137,9 @@ class BackboneConfig:
     ResNets, ``blocks.2`` for EfficientNets). ``input_size`` is the square side in pixels the
     map is resized to; ``resize`` is nearest | bilinear | aspect-pad. ``mean``/``std`` default
     to the model's pretrained config (ImageNet for most). ``patch_pool`` is the k x k local
-    averaging PatchCore applies to every layer map (1 disables it).
+    averaging PatchCore applies to every layer map (1 disables it). ``autocast_cuda``: on a
+    CUDA device the forward pass runs under bf16 autocast (features are stored as float32,
+    same layout; the cache metadata records the precision); the CPU always runs float32.
     """
 
     key: str
@@ -149,6 +152,7 @@ class BackboneConfig:
     std: tuple[float, float, float] | None = None
     patch_pool: int = 3
     batch_size: int = 16
+    autocast_cuda: bool = True
 
     @classmethod
     def from_dict(cls, key: str, data: dict[str, Any]) -> BackboneConfig:
@@ -217,6 +221,7 @@ class ExperimentConfig:
     deploy_folds: int = 4
     project_dim: int | None = None
     context: ContextConfig = field(default_factory=ContextConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     @classmethod
     def from_dict(cls, key: str, data: dict[str, Any]) -> ExperimentConfig:
@@ -228,6 +233,7 @@ class ExperimentConfig:
             data.get("references", {}), f"{where}.references"
         )
         data["context"] = ContextConfig.from_dict(data.get("context") or {}, f"{where}.context")
+        data["search"] = SearchConfig.from_dict(data.get("search"), f"{where}.search")
         cfg = _build(cls, data, where)
         if cfg.gate not in GATES:
             raise InputError(f"{where}.gate: {cfg.gate!r} is not one of {GATES}")

@@ -91,8 +91,14 @@ def pool_patches(feats: torch.Tensor, patch_pool: int) -> torch.Tensor:
     return F.avg_pool2d(feats, patch_pool, stride=1, padding=patch_pool // 2)
 
 
+def precision(device: str, autocast_cuda: bool) -> str:
+    """``bf16-autocast`` for a CUDA forward pass with autocast on, else ``float32``."""
+    return "bf16-autocast" if torch.device(device).type == "cuda" and autocast_cuda else "float32"
+
+
 def extract_batch(
-    model: nn.Module, x: torch.Tensor, layers: Sequence[str], patch_pool: int
+    model: nn.Module, x: torch.Tensor, layers: Sequence[str], patch_pool: int,
+    autocast_cuda: bool = True,
 ) -> dict[str, np.ndarray]:
     """Features of every layer in one forward pass.
 
@@ -101,6 +107,8 @@ def extract_batch(
         x: float32 ``(N, 3, S, S)`` preprocessed input (moved to the model's device).
         layers: ``feature_info`` module names.
         patch_pool: odd local-average size (1 = none).
+        autocast_cuda: on a CUDA model, run the forward pass under bf16 autocast (pooling
+            and the returned features are float32 either way).
 
     Returns:
         ``{layer: float32 (N, gh, gw, C)}`` on the CPU, channels last.
@@ -109,11 +117,13 @@ def extract_batch(
     wanted = sorted(set(indices))
     device = next(model.parameters()).device
     channels = [int(entry["num_chs"]) for entry in model.feature_info]
+    use_bf16 = precision(str(device), autocast_cuda) == "bf16-autocast"
     with torch.inference_mode():
         x = x.to(device).contiguous(memory_format=torch.channels_last)  # see load_backbone
-        outs = model.forward_intermediates(
-            x, indices=wanted, intermediates_only=True, stop_early=True
-        )
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            outs = model.forward_intermediates(
+                x, indices=wanted, intermediates_only=True, stop_early=True
+            )
         by_index = dict(zip(wanted, outs, strict=True))
         result: dict[str, np.ndarray] = {}
         for layer, index in zip(layers, indices, strict=True):
@@ -178,6 +188,7 @@ def cache_metadata(
         "map_shape": [int(s) for s in map_shape],
         "batch_size": cfg.batch_size,
         "device": torch.device(device).type,
+        "precision": precision(device, cfg.autocast_cuda),
         "versions": _versions(),
     }
 
@@ -271,7 +282,8 @@ def extract_to_cache(
         for start in range(0, len(items), cfg.batch_size):
             chunk = items[start : start + cfg.batch_size]
             maps, expected = read_batch(chunk, expected)
-            feats = extract_batch(model, preprocess(maps, cfg, mean, std), layers, cfg.patch_pool)
+            feats = extract_batch(model, preprocess(maps, cfg, mean, std), layers, cfg.patch_pool,
+                                  cfg.autocast_cuda)
             if not writers:
                 for layer in layers:
                     shape = tuple(feats[layer].shape[1:])

@@ -1,22 +1,101 @@
 """Nearest-neighbour search and PatchCore's image score.
 
-Distances are Euclidean (faiss ``IndexFlatL2`` returns squared distances; we take the root,
-as anomalib does).
+Distances are Euclidean (faiss returns squared distances; we take the root, as anomalib
+does). The index is exact ``IndexFlatL2`` by default; ``SearchConfig`` selects an approximate
+IVF or HNSW index for very large banks (``benchmarks/search_recall.py`` measures their
+recall@1 against exact search). Approximate indexes are built single-threaded so the same
+bank gives the same index, and the same scores, on every run.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+from typing import Any
+
 import faiss
 import numpy as np
 
+from hdmap_ad.errors import InputError
+
+INDEXES = ("flat", "ivf", "hnsw")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Which faiss index a bank is searched with (an experiment's ``search`` entry).
+
+    ``flat``: exact. ``ivf``: ``IndexIVFFlat`` with ``nlist`` k-means cells (capped at
+    bank size / 39, faiss's minimum training ratio), searching ``nprobe`` of them. ``hnsw``:
+    ``IndexHNSWFlat`` with ``hnsw_m`` links per node and ``ef_search`` candidates per query.
+    """
+
+    index: str = "flat"
+    nlist: int = 1024
+    nprobe: int = 16
+    hnsw_m: int = 32
+    ef_search: int = 128
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, where: str = "search") -> SearchConfig:
+        data = dict(data or {})
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise InputError(f"{where}.{unknown[0]}: unknown key")
+        cfg = cls(**data)
+        if cfg.index not in INDEXES:
+            raise InputError(f"{where}.index: {cfg.index!r} is not one of {INDEXES}")
+        for name in ("nlist", "nprobe", "hnsw_m", "ef_search"):
+            if int(getattr(cfg, name)) < 1:
+                raise InputError(f"{where}.{name}: must be >= 1")
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _gpu_available() -> bool:
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def build_index(bank: np.ndarray, search: SearchConfig, device: str = "cpu") -> faiss.Index:
+    """A faiss index over ``bank`` ``(M, D)`` float32 (contiguous), items added in order.
+
+    ``device`` ``cuda``/``auto`` puts an exact index on the GPU when faiss was built with GPU
+    support and sees one (faiss-cpu never does; then the CPU index is used).
+    """
+    d = bank.shape[1]
+    if search.index == "flat":
+        index = faiss.IndexFlatL2(d)
+        index.add(bank)
+        if device in ("cuda", "auto") and _gpu_available():
+            index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        return index
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # deterministic training and graph construction
+    try:
+        if search.index == "ivf":
+            nlist = max(1, min(search.nlist, len(bank) // 39))
+            index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
+            index.cp.seed = 1234
+            index.train(bank)
+            index.add(bank)
+            index.nprobe = min(search.nprobe, nlist)
+        else:
+            index = faiss.IndexHNSWFlat(d, search.hnsw_m)
+            index.add(bank)
+            index.hnsw.efSearch = search.ef_search
+    finally:
+        faiss.omp_set_num_threads(threads)
+    return index
+
 
 class BankIndex:
-    """Exact L2 index over one (sub-)bank ``(M, D)`` float32."""
+    """L2 index over one (sub-)bank ``(M, D)`` float32; exact unless ``search`` says otherwise."""
 
-    def __init__(self, bank: np.ndarray) -> None:
+    def __init__(self, bank: np.ndarray, search: SearchConfig | None = None,
+                 device: str = "cpu") -> None:
         self.bank = np.ascontiguousarray(bank, dtype=np.float32)
-        self.index = faiss.IndexFlatL2(self.bank.shape[1])
-        self.index.add(self.bank)
+        self.index = build_index(self.bank, search or SearchConfig(), device)
 
     def __len__(self) -> int:
         return self.bank.shape[0]

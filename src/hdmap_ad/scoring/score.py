@@ -119,7 +119,7 @@ def reference_cv_scores(
                 exp.coreset_ratio, exp.seed,
             )[0][MIXED]
             route[missing] = MIXED
-        indexes = {k: BankIndex(v) for k, v in banks.items()}
+        indexes = {k: BankIndex(v, exp.search) for k, v in banks.items()}
         held_pos = np.flatnonzero(held)
         s, ps, used = score_routed(lambda sel, hp=held_pos: ref_desc[hp[sel]], route, indexes,
                                    exp.num_neighbors)
