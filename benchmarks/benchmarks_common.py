@@ -37,3 +37,19 @@ def run_measured(argv: list[str], env: dict[str, str] | None = None,
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(argv[:4])} ... failed:\n{err[-3000:]}")
     return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024.0}
+
+
+def write_outputs(out_dir: str | Path, name: str, result: dict, markdown: str) -> None:
+    """``<out_dir>/<name>.json`` and ``.md``, each written atomically; the table is printed."""
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(repo / "src"))
+    from hdmap_ad.io import atomic_path, write_json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / f"{name}.json", result)
+    with atomic_path(out / f"{name}.md") as tmp:
+        tmp.write_text(markdown)
+    print(markdown)

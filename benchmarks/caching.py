@@ -21,13 +21,12 @@ import time
 from pathlib import Path
 
 import yaml
-from benchmarks_common import machine_line
+from benchmarks_common import machine_line, write_outputs
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO))
 
-from hdmap_ad.io import atomic_path, write_json  # noqa: E402
 from tests.test_pipeline import _copy_project, _env, _jobs  # noqa: E402
 
 
@@ -78,12 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"| **wall time** | {cold_s:.0f} s | {warm_s:.0f} s |", "",
               f"Feature-extraction jobs after the change: {extraction}; "
               f"saved {cold_s - warm_s:.0f} s ({100 * (1 - warm_s / cold_s):.0f}%)."]
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "caching.json", result)
-    with atomic_path(out / "caching.md") as t:
-        t.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_outputs(args.out_dir, "caching", result, "\n".join(lines) + "\n")
     return 0 if extraction == 0 else 1
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -26,12 +27,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchmarks_common import machine_line, write_outputs
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from hdmap_ad.banks.coreset import coreset_size, coverage_radius, greedy_coreset  # noqa: E402
-from hdmap_ad.io import atomic_path, write_json  # noqa: E402
 
 ANOMALIB_PY = REPO / ".venv-anomalib" / "bin" / "python"
 RADIUS_SAMPLE = 50_000
@@ -88,7 +89,8 @@ def one_size(n: int, dim: int, ratio: float, budget: float, tmp: Path) -> dict:
     del x
     out = tmp / "a.json"
     subprocess.run([str(ANOMALIB_PY), str(REPO / "benchmarks" / "anomalib_coreset.py"),
-                    str(path), str(k), str(budget), str(out)], check=True)
+                    str(path), str(k), str(budget), str(out)], check=True,
+                   env={**os.environ, "TQDM_DISABLE": "1"})
     a = json.loads(out.read_text())
     x = np.load(path, mmap_mode="r")
     a_r = radius(np.asarray(x), np.asarray(a.pop("indices")))[0] if a["finished"] else None
@@ -123,8 +125,6 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks_common import machine_line
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[50_000, 200_000, 1_000_000])
     ap.add_argument("--dim", type=int, default=1536)
@@ -137,12 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.sizes:
             result["sizes"].append(one_size(n, args.dim, args.ratio, args.anomalib_seconds,
                                             Path(tmp)))
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "coreset_scale.json", result)
-    with atomic_path(out / "coreset_scale.md") as t:
-        t.write_text(markdown(result))
-    print(markdown(result))
+    write_outputs(args.out_dir, "coreset_scale", result, markdown(result))
     return 0
 
 

@@ -20,14 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from benchmarks_common import machine_line, run_measured
+from benchmarks_common import machine_line, run_measured, write_outputs
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from hdmap_ad.data.manifest import read_manifest  # noqa: E402
 from hdmap_ad.features.cache import open_feature_writer  # noqa: E402
-from hdmap_ad.io import atomic_path, write_json  # noqa: E402
 
 GRID = (33, 33, 168)
 EXPERIMENT = {
@@ -97,12 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"| {r['n_test']} | {r['feature_cache_mb']:.0f} | {r['score']['wall_s']:.1f} | "
               f"{r['score']['peak_rss_mb']:.0f} |" for r in runs]
     lines += ["", f"Peak RSS ratio {growth:.2f} for {args.factor}x the test maps."]
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "scoring_memory.json", result)
-    with atomic_path(out / "scoring_memory.md") as t:
-        t.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_outputs(args.out_dir, "scoring_memory", result, "\n".join(lines) + "\n")
     return 0
 
 

@@ -18,13 +18,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchmarks_common import machine_line
+from benchmarks_common import machine_line, write_outputs
 from coreset_scale import patch_like
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from hdmap_ad.io import atomic_path, write_json  # noqa: E402
 from hdmap_ad.scoring.knn import SearchConfig, build_index  # noqa: E402
 
 CONFIGS = {
@@ -72,12 +71,7 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---:|---:|---:|---:|"]
     lines += [f"| {r['index']} | {r['build_s']:.1f} | {r['queries_per_s']:.0f} | "
               f"{r['recall_at_1']:.3f} | {r['mean_rel_distance_error']:.4f} |" for r in rows]
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "search_recall.json", result)
-    with atomic_path(out / "search_recall.md") as t:
-        t.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_outputs(args.out_dir, "search_recall", result, "\n".join(lines) + "\n")
     return 0
 
 

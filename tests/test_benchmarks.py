@@ -50,3 +50,29 @@ def test_coreset_scale_without_anomalib_env(tmp_path, monkeypatch):
     assert row["k"] == 60 and row["anomalib"] is None and row["ours"]["coverage_radius"] > 0
     x = coreset_scale.patch_like(500, 8)
     assert x.shape == (500, 8) and x.dtype.name == "float32" and (x >= 0).all()
+
+
+def test_vs_anomalib_reuses_only_a_matching_anomalib_run_and_tables_it():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import vs_anomalib
+
+    ds = {"backbone": {"key": "b", "layers": ["x"]}}
+    data = {"root": "r", "kind": "mvtec", "n_train": 2, "n_test": 3, "train_patches": 8}
+    prev = {"data": data, "backbone": ds["backbone"], "bank_size": {"anomalib": 5}}
+    assert vs_anomalib._reusable(prev, ds, data, 5) is prev
+    assert vs_anomalib._reusable(prev, ds, data, 6) is None
+    assert vs_anomalib._reusable(prev, ds, {**data, "n_test": 4}, 5) is None
+    assert vs_anomalib._reusable(None, ds, data, 5) is None
+    phase = {"wall_s": 2.0, "peak_rss_mb": 100.0}
+    entry = {"data": data, "bank_size": {"ours": 5, "anomalib": 5},
+             "ours": dict.fromkeys(("extraction", "coreset", "scoring", "total"), phase),
+             "anomalib": dict.fromkeys(("extraction", "coreset", "scoring", "total"),
+                                       {"wall_s": 50.0, "peak_rss_mb": 300.0}),
+             "ratio_anomalib_over_ours": dict.fromkeys(
+                 ("extraction", "coreset", "scoring", "total"), {"wall": 25.0}),
+             "auroc": {"ours": 0.9, "anomalib": 0.902, "abs_diff": 0.002},
+             "targets_met": {"coreset_speedup": True}}
+    md = vs_anomalib.markdown({"machine": {"cpu": "cpu", "cores": 2, "memory_gib": 1},
+                               "datasets": {"toy": entry}})
+    assert "| coreset | 2.0 | 50.0 | 25.0x | 100 | 300 |" in md
+    assert "AUROC: ours 0.9000, anomalib 0.9020" in md

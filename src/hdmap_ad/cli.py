@@ -99,7 +99,7 @@ def cmd_bank(args: argparse.Namespace) -> None:
     refs = select_references(manifest, exp.references, f"experiments.{exp.key}.references")
     where = f"experiments.{exp.key}"
     desc = DescriptorSource(args.features, refs.image_id.tolist(), exp.descriptor, where)()
-    banks, sources, fit, assignment = build_bank(refs, desc, exp)
+    banks, sources, fit, assignment = build_bank(refs, desc, exp, _device(args.device))
     meta = bank_metadata(exp, refs, assignment, fit, banks, desc.shape[1:3])
     meta["provenance"] = provenance(args.domain, manifest, args.features)
     save_bank(args.out, banks, sources, refs.image_id.tolist())
@@ -258,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--domain", default="", help="domain name recorded in provenance")
         if name == "score":
             s.add_argument("--bank", required=True)
+        else:
+            s.add_argument("--device", default="cpu",
+                           help="cpu | cuda | auto: where the coreset selection runs")
         s.add_argument("--out", required=True)
         s.set_defaults(func=cmd_bank if name == "bank" else cmd_score)
 

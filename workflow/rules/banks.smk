@@ -12,11 +12,13 @@ rule bank:
         meta=f"{WORK}/banks/domain_{{domain}}/{{experiment}}.json",
     params:
         spec=experiment_spec,
+        # coreset on a GPU where the job lands on one (device cuda|auto), else the CPU
+        device="cpu" if PARAMS.device == "cpu" else "auto",
     threads: 1
     log:
         f"{WORK}/logs/bank/{{domain}}_{{experiment}}.log",
     shell:
         "OMP_NUM_THREADS={threads} python -m hdmap_ad bank --manifest {input.manifest} "
         "--domain {wildcards.domain} --features {input.features} --spec {params.spec:q} "
-        "--out {output.bank} "
+        "--device {params.device} --out {output.bank} "
         "--meta {output.meta} 2> {log}"

@@ -67,7 +67,7 @@ def assign_references(refs: pd.DataFrame, mode: str, fit: GateFit) -> np.ndarray
 
 
 def build_sub_banks(
-    desc: np.ndarray, assignment: np.ndarray, ratio: float, seed: int
+    desc: np.ndarray, assignment: np.ndarray, ratio: float, seed: int, device: str = "cpu"
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Coreset-subsample each sub-bank.
 
@@ -76,6 +76,7 @@ def build_sub_banks(
         assignment: ``(N,)`` sub-bank name per reference.
         ratio: coreset ratio in (0, 1].
         seed: coreset seed.
+        device: ``cuda`` runs the coreset selection on the GPU (see ``greedy_coreset``).
 
     Returns:
         ``(banks, sources)``: ``banks[name]`` is ``(M, D)`` float32; ``sources[name]`` is
@@ -86,7 +87,7 @@ def build_sub_banks(
     for name in sorted(set(assignment)):
         pos = np.flatnonzero(assignment == name)
         patches = desc[pos].reshape(-1, d)
-        keep = np.sort(greedy_coreset(patches, ratio, seed))
+        keep = np.sort(greedy_coreset(patches, ratio, seed, device=device))
         banks[name] = np.ascontiguousarray(patches[keep])
         sources[name] = np.stack([pos[keep // (h * w)], keep % (h * w)], axis=1)
     return banks, sources
@@ -132,7 +133,7 @@ def load_bank(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def build_bank(
-    refs: pd.DataFrame, desc: np.ndarray, exp: ExperimentConfig
+    refs: pd.DataFrame, desc: np.ndarray, exp: ExperimentConfig, device: str = "cpu"
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], GateFit, np.ndarray]:
     """Fit the gate on ``refs``, assign each to a sub-bank and coreset-subsample.
 
@@ -148,7 +149,7 @@ def build_bank(
                     f"(gate {exp.gate}, threshold {fit.threshold}); add references of both "
                     "conditions or use gate: mixed"
                 )
-    banks, sources = build_sub_banks(desc, assignment, exp.coreset_ratio, exp.seed)
+    banks, sources = build_sub_banks(desc, assignment, exp.coreset_ratio, exp.seed, device)
     return banks, sources, fit, assignment
 
 
