@@ -31,7 +31,7 @@ test: install
 ANOMALIB_VENV ?= .venv-anomalib
 ANOMALIB_SPEC ?= anomalib==2.7.0
 
-$(ANOMALIB_VENV)/.installed: Makefile
+$(ANOMALIB_VENV)/.installed:
 	$(PYTHON) -m venv $(ANOMALIB_VENV)
 	$(ANOMALIB_VENV)/bin/python -m pip install -q --upgrade pip
 	$(ANOMALIB_VENV)/bin/python -m pip install -q $(TORCH_SPEC)

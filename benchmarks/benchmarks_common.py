@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-import time
 from pathlib import Path
 
 
@@ -25,18 +24,34 @@ def machine_line() -> str:
     return f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, CPU only"
 
 
+# Runs the command as its own child and writes its wall time and wait4 peak RSS to a file.
+# A launcher is needed because ru_maxrss survives execve: a child forked straight from a big
+# benchmark process would report the parent's RSS at fork time as its own peak.
+_LAUNCHER = """
+import json, os, subprocess, sys, time
+t0 = time.perf_counter()
+proc = subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(proc.pid, 0)
+with open(sys.argv[1], "w") as f:
+    json.dump({"wall_s": time.perf_counter() - t0, "peak_rss_mb": usage.ru_maxrss / 1024.0,
+               "returncode": os.waitstatus_to_exitcode(status)}, f)
+"""
+
+
 def run_measured(argv: list[str], env: dict[str, str] | None = None,
                  cwd: str | Path | None = None) -> dict[str, float]:
-    """Run a command; its wall seconds and its own peak RSS in MB (``wait4``)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    err = proc.stderr.read() if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(argv[:4])} ... failed:\n{err[-3000:]}")
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024.0}
+    """Run a command; its wall seconds and its own peak RSS in MB (``wait4`` via a launcher)."""
+    import json
+    import sys
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        proc = subprocess.run([sys.executable, "-c", _LAUNCHER, out.name, *argv], env=env,
+                              cwd=cwd, stderr=subprocess.PIPE, text=True)
+        result = json.loads(Path(out.name).read_text() or "{}")
+    if proc.returncode != 0 or result.get("returncode") != 0:
+        raise SystemExit(f"{' '.join(argv[:4])} ... failed:\n{proc.stderr[-3000:]}")
+    return {"wall_s": result["wall_s"], "peak_rss_mb": result["peak_rss_mb"]}
 
 
 def write_outputs(out_dir: str | Path, name: str, result: dict, markdown: str) -> None:
