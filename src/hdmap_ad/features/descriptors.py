@@ -61,8 +61,8 @@ class DescriptorConfig:
 class DescriptorSource:
     """Cached layers of a fixed list of maps, combined on demand per batch.
 
-    With ``stream=False`` every layer is read into memory once; with ``stream=True`` rows are
-    decoded from the files per call (:class:`~hdmap_ad.features.cache.FeatureReader`), so
+    Only the requested rows are decoded (:class:`~hdmap_ad.features.cache.FeatureReader`).
+    With ``stream=False`` they are read into memory once; with ``stream=True`` per call, so
     memory does not grow with the number of maps (scoring large test sets).
 
     Args:
@@ -81,17 +81,17 @@ class DescriptorSource:
         where: str = "descriptor",
         stream: bool = False,
     ) -> None:
-        from hdmap_ad.features.cache import FeatureReader, read_features
+        from hdmap_ad.features.cache import FeatureReader
 
         self.image_ids = np.asarray(list(image_ids), dtype=object)
-        self.readers: list[FeatureReader] = []
+        # only the requested rows are ever decoded (never the whole cache file)
+        self.readers = [FeatureReader(p) for p in feature_paths]
+        for reader in self.readers:
+            reader.check_ids(list(self.image_ids))
         self.layers: list[np.ndarray] = []
-        if stream:
-            self.readers = [FeatureReader(p) for p in feature_paths]
-            for reader in self.readers:
-                reader.check_ids(list(self.image_ids))
-        else:
-            self.layers = [read_features(p, list(self.image_ids))[1] for p in feature_paths]
+        if not stream:
+            self.layers = [reader.rows(list(self.image_ids)) for reader in self.readers]
+            self.readers = []
         self.descriptor = descriptor or DescriptorConfig()
         self.where = where
 
