@@ -38,11 +38,18 @@ ANOMALIB_PY = REPO / ".venv-anomalib" / "bin" / "python"
 RADIUS_SAMPLE = 50_000
 
 
-def patch_like(n: int, dim: int, seed: int = 0, chunk: int = 100_000) -> np.ndarray:
-    """``(n, dim)`` float32 non-negative features with low intrinsic dimension."""
+def patch_like(n: int, dim: int, seed: int = 0, chunk: int = 100_000,
+               sample_seed: int | None = None) -> np.ndarray:
+    """``(n, dim)`` float32 non-negative features with low intrinsic dimension.
+
+    ``seed`` fixes the distribution (cluster centres, the ReLU layer); ``sample_seed`` (default
+    ``seed``) draws the points, so two samples of one distribution differ only there.
+    """
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((64, 32)).astype(np.float32) * 2.0
     w = rng.standard_normal((32, dim)).astype(np.float32) / np.float32(np.sqrt(32))
+    if sample_seed is not None:
+        rng = np.random.default_rng([seed, sample_seed])
     out = np.empty((n, dim), dtype=np.float32)
     for s in range(0, n, chunk):
         m = min(chunk, n - s)

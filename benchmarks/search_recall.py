@@ -3,7 +3,7 @@
     python benchmarks/search_recall.py [--bank 200000] [--queries 20000] [--dim 168]
 
 Bank and queries are patch-like features (see ``coreset_scale.patch_like``; 168 channels is
-the demo backbone's width); queries are drawn from the same distribution with another seed.
+the demo backbone's width); queries are other draws from the bank's distribution.
 Indexes are built by ``hdmap_ad.scoring.knn.build_index`` exactly as scoring builds them.
 recall@1: share of queries whose approximate nearest item is the exact one; also the mean
 relative error of the nearest distance (what the patch score sees). Writes
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", default=str(REPO / "results" / "benchmarks"))
     args = ap.parse_args(argv)
     bank = patch_like(args.bank, args.dim, seed=0)
-    queries = patch_like(args.queries, args.dim, seed=1)
+    queries = patch_like(args.queries, args.dim, seed=0, sample_seed=1)
     rows, exact_d, exact_i = [], None, None
     for name, cfg in CONFIGS.items():
         t0 = time.perf_counter()

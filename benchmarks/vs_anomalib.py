@@ -276,7 +276,7 @@ def markdown(result: dict) -> str:
              f"{result['machine']['memory_gib']} GiB; CPU only.", ""]
     for name, r in result["datasets"].items():
         lines += [
-            f"### {name}: {r['data']['n_train']} train maps ({r['data']['train_patches']} "
+            f"#### {name}: {r['data']['n_train']} train maps ({r['data']['train_patches']} "
             f"patches), {r['data']['n_test']} test maps, bank {r['bank_size']['ours']} "
             f"(ours) / {r['bank_size']['anomalib']} (anomalib)", "",
             "| phase | ours s | anomalib s | speed-up | ours peak RSS MB | anomalib peak RSS MB |",
