@@ -47,3 +47,15 @@ def test_streaming_descriptor_source_equals_in_memory(tmp_path: Path) -> None:
     assert read_features(paths[0], ids)[1].shape == (6, 4, 6, 3)
     with pytest.raises(InputError, match="not in the feature cache"):
         DescriptorSource(paths, ["m000", "zzz"], desc, stream=True)
+
+
+def test_reader_names_the_file_when_a_row_group_is_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "c.parquet"
+    _cache(path, 8, (2, 2, 3), group=4, seed=3)
+    reader = FeatureReader(path)  # header and footer intact
+    raw = bytearray(path.read_bytes())
+    raw[100:400] = bytes(300)  # zero out the first data pages
+    path.write_bytes(bytes(raw))
+    with pytest.raises(InputError, match=r"c\.parquet: not a readable Parquet file"):
+        FeatureReader(path).rows(["m000"])
+    assert len(reader) == 8

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,15 +129,19 @@ def _metadata_from_schema(schema: pa.Schema, path: PathLike) -> dict[str, Any]:
         raise InputError(f"{path}: feature cache metadata is not valid JSON") from None
 
 
-def read_metadata(path: PathLike) -> dict[str, Any]:
-    """The JSON metadata of a cache file (schema only; no rows are read)."""
+def _parquet(path: PathLike, read: Callable[[], Any]) -> Any:
+    """``read()``, with a missing, non-Parquet or truncated ``path`` as an :class:`InputError`."""
     try:
-        schema = pq.read_schema(path)
+        return read()
     except FileNotFoundError:
         raise InputError(f"{path}: feature cache not found") from None
-    except Exception as exc:  # not Parquet, truncated
+    except Exception as exc:  # not Parquet, truncated, corrupt pages
         raise InputError(f"{path}: not a readable Parquet file ({type(exc).__name__})") from None
-    return _metadata_from_schema(schema, path)
+
+
+def read_metadata(path: PathLike) -> dict[str, Any]:
+    """The JSON metadata of a cache file (schema only; no rows are read)."""
+    return _metadata_from_schema(_parquet(path, lambda: pq.read_schema(path)), path)
 
 
 def _features_array(column: pa.ChunkedArray, path: PathLike) -> np.ndarray:
@@ -169,28 +173,9 @@ def read_features(
     Raises:
         InputError: the file is missing, not a feature cache, or lacks a requested id.
     """
-    try:
-        table = pq.read_table(path)
-    except FileNotFoundError:
-        raise InputError(f"{path}: feature cache not found") from None
-    except Exception as exc:  # not Parquet, truncated
-        raise InputError(f"{path}: not a readable Parquet file ({type(exc).__name__})") from None
-    metadata = _metadata_from_schema(table.schema, path)
-    for name in ("image_id", "features"):
-        if name not in table.column_names:
-            raise InputError(f"{path}: feature cache has no {name!r} column")
-    ids = [str(i) for i in table.column("image_id").to_pylist()]
-    feats = _features_array(table.column("features"), path)
-    if image_ids is None:
-        return ids, feats, metadata
-    row_of = {image_id: row for row, image_id in enumerate(ids)}
-    missing = [i for i in image_ids if i not in row_of]
-    if missing:
-        raise InputError(
-            f"{path}: {len(missing)} image id(s) not in the feature cache, e.g. {missing[:5]}"
-        )
-    rows = np.fromiter((row_of[i] for i in image_ids), dtype=np.int64, count=len(image_ids))
-    return list(image_ids), feats[rows], metadata
+    reader = FeatureReader(path)
+    ids = reader.ids if image_ids is None else list(image_ids)
+    return ids, reader.rows(ids), reader.metadata
 
 
 class FeatureReader:
@@ -203,21 +188,21 @@ class FeatureReader:
 
     def __init__(self, path: PathLike) -> None:
         self.path = path
-        try:
-            self._file = pq.ParquetFile(path)
-        except FileNotFoundError:
-            raise InputError(f"{path}: feature cache not found") from None
-        except Exception as exc:  # not Parquet, truncated
-            raise InputError(
-                f"{path}: not a readable Parquet file ({type(exc).__name__})"
-            ) from None
+        self._file = _parquet(path, lambda: pq.ParquetFile(path))
         schema = self._file.schema_arrow
         self.metadata = _metadata_from_schema(schema, path)
         for name in ("image_id", "features"):
             if name not in schema.names:
                 raise InputError(f"{path}: feature cache has no {name!r} column")
-        ids = self._file.read(columns=["image_id"]).column("image_id").to_pylist()
-        self._row_of = {str(image_id): row for row, image_id in enumerate(ids)}
+        tensor_type = schema.field("features").type
+        if not isinstance(tensor_type, pa.FixedShapeTensorType):
+            raise InputError(
+                f"{path}: column 'features' is {tensor_type}, not a fixed_shape_tensor"
+            )
+        self.shape = tuple(tensor_type.shape)
+        column = _parquet(path, lambda: self._file.read(columns=["image_id"]))
+        self.ids = [str(i) for i in column.column("image_id").to_pylist()]
+        self._row_of = {image_id: row for row, image_id in enumerate(self.ids)}
         sizes = [self._file.metadata.row_group(i).num_rows
                  for i in range(self._file.num_row_groups)]
         self._starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -237,8 +222,8 @@ class FeatureReader:
 
     def _group(self, g: int) -> np.ndarray:
         if self._cached is None or self._cached[0] != g:
-            column = self._file.read_row_group(g, columns=["features"]).column("features")
-            self._cached = (g, _features_array(column, self.path))
+            table = _parquet(self.path, lambda: self._file.read_row_group(g, columns=["features"]))
+            self._cached = (g, _features_array(table.column("features"), self.path))
         return self._cached[1]
 
     def rows(self, image_ids: Sequence[str]) -> np.ndarray:
@@ -246,8 +231,7 @@ class FeatureReader:
         self.check_ids(image_ids)
         rows = np.fromiter((self._row_of[i] for i in image_ids), np.int64, len(image_ids))
         groups = np.searchsorted(self._starts, rows, side="right") - 1
-        shape = tuple(self._file.schema_arrow.field("features").type.shape)
-        out = np.empty((len(rows), *shape), dtype=np.float32)
+        out = np.empty((len(rows), *self.shape), dtype=np.float32)
         for pos in np.argsort(groups, kind="stable"):
             g = int(groups[pos])
             out[pos] = self._group(g)[rows[pos] - self._starts[g]]

@@ -84,14 +84,17 @@ class DescriptorSource:
         from hdmap_ad.features.cache import FeatureReader
 
         self.image_ids = np.asarray(list(image_ids), dtype=object)
+        ids = list(self.image_ids)
         # only the requested rows are ever decoded (never the whole cache file)
-        self.readers = [FeatureReader(p) for p in feature_paths]
-        for reader in self.readers:
-            reader.check_ids(list(self.image_ids))
+        readers = [FeatureReader(p) for p in feature_paths]
+        self.readers: list[FeatureReader] = []
         self.layers: list[np.ndarray] = []
-        if not stream:
-            self.layers = [reader.rows(list(self.image_ids)) for reader in self.readers]
-            self.readers = []
+        if stream:
+            for reader in readers:
+                reader.check_ids(ids)  # fail before any scoring, not at the first batch
+            self.readers = readers
+        else:
+            self.layers = [reader.rows(ids) for reader in readers]
         self.descriptor = descriptor or DescriptorConfig()
         self.where = where
 
