@@ -73,3 +73,15 @@ def test_coverage_radius_against_numpy():
     want = np.sqrt(((x[:, None] - x[sel][None]) ** 2).sum(-1).min(1).max())
     assert coverage_radius(x, sel) == pytest.approx(want, rel=1e-5)
     assert coverage_radius(x, np.arange(120)) == pytest.approx(0.0, abs=1e-3)
+
+
+def test_torch_selection_loop_matches_numpy_loop():
+    """The GPU selection loop (_select_torch), run on CPU tensors: same picks as numpy."""
+    from hdmap_ad.banks.coreset import _augmented, _select_numpy, _select_torch
+
+    x = np.random.default_rng(6).standard_normal((400, 24)).astype(np.float32)
+    aug = _augmented(random_projection(x, 16, seed=2))
+    want = _select_numpy(aug, 40, start=17)
+    got = _select_torch(aug, 40, start=17, device="cpu")
+    assert got.dtype == np.int64 and got.tolist() == want.tolist()
+    assert _select_torch(aug, 1, start=3, device="cpu").tolist() == [3]

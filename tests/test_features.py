@@ -445,6 +445,37 @@ def test_precision_is_bf16_autocast_only_on_cuda() -> None:
     assert precision("cuda", False) == "float32"
 
 
+@pytest.mark.parametrize("model_name", [LITE2, VIT])
+def test_bf16_autocast_path_keeps_float32_layout_and_is_close(
+    model_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CUDA bf16 branch of extract_batch, run under CPU autocast (no GPU in CI)."""
+    import hdmap_ad.features.extract as extract
+
+    layers = ["blocks.4"] if model_name == LITE2 else ["blocks.8", "blocks.11"]
+    size = 64 if model_name == LITE2 else 56
+    model, _ = load_backbone(backbone(model_name, input_size=size, layers=tuple(layers)))
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    full = extract_batch(model, x, layers, patch_pool=3)
+    seen = []
+    real_autocast = torch.autocast
+
+    def spy(device_type, dtype=None, enabled=True):
+        seen.append((device_type, dtype, enabled))
+        return real_autocast(device_type, dtype=dtype, enabled=enabled)
+
+    monkeypatch.setattr(extract, "precision", lambda device, on: "bf16-autocast")
+    monkeypatch.setattr(extract.torch, "autocast", spy)
+    half = extract_batch(model, x, layers, patch_pool=3)
+    assert seen == [("cpu", torch.bfloat16, True)]
+    for layer in layers:
+        a, b = full[layer], half[layer]
+        assert b.dtype == np.float32 and b.shape == a.shape and b.flags.c_contiguous
+        assert not np.array_equal(a, b)  # the forward pass really ran in bf16
+        cos = np.dot(a.ravel(), b.ravel()) / (np.linalg.norm(a) * np.linalg.norm(b))
+        assert cos > 0.99, (layer, cos)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_bf16_extraction_keeps_the_layout_and_is_close_to_cpu(tmp_path: Path) -> None:
     items = _write_maps(tmp_path / "maps", random_maps(4))
