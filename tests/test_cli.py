@@ -54,15 +54,8 @@ def test_validate_params(tmp_path):
     assert proc.returncode == 2 and "params:" in proc.stderr and "domains" in proc.stderr
 
 
-@pytest.mark.parametrize("refs,folds,n_cv", [
-    ({"protocol": "full"}, 0, 0),             # deploy_folds 0: no held-out reference scores
-    ({"protocol": "train", "k": 1, "seed": 0}, 2, 0),  # one reference: nothing to hold out
-    ({"protocol": "full"}, 3, 3),
-])
-def test_score_and_metrics_without_reference_folds(tmp_path, refs, folds, n_cv):
-    import pyarrow.parquet as pq
-
-
+def _prepared(tmp_path, refs, folds):
+    """A tiny domain with manifest, layer2 features and a bank; returns (common args, paths)."""
     root = _write_domain(tmp_path / "domain_X", n_test=2)
     manifest, feats = tmp_path / "m.parquet", tmp_path / "features"
     backbone = {"key": "r18", "model": "resnet18", "weights": {"source": "random"},
@@ -77,14 +70,60 @@ def test_score_and_metrics_without_reference_folds(tmp_path, refs, folds, n_cv):
         ["extract", "--manifest", str(manifest), "--spec", json.dumps(backbone),
          "--out-dir", str(feats), "--quiet"],
         ["bank", *common, "--out", str(tmp_path / "b.parquet")],
-        ["score", *common, "--bank", str(tmp_path / "b.parquet"),
-         "--out", str(tmp_path / "s.parquet")],
+    ):
+        assert main(argv) == 0, argv[0]
+    return common, {"manifest": manifest, "features": f, "bank": tmp_path / "b.parquet"}
+
+
+@pytest.mark.parametrize("refs,folds,n_cv", [
+    ({"protocol": "full"}, 0, 0),             # deploy_folds 0: no held-out reference scores
+    ({"protocol": "train", "k": 1, "seed": 0}, 2, 0),  # one reference: nothing to hold out
+    ({"protocol": "full"}, 3, 3),
+])
+def test_score_and_metrics_without_reference_folds(tmp_path, refs, folds, n_cv):
+    import pyarrow.parquet as pq
+
+    common, paths = _prepared(tmp_path, refs, folds)
+    for argv in (
+        ["score", *common, "--bank", str(paths["bank"]), "--out", str(tmp_path / "s.parquet")],
         ["metrics", "--scores", str(tmp_path / "s.parquet"), "--meta", str(tmp_path / "b.json"),
-         "--manifest", str(manifest), "--features", *f, "--domain", "X",
-         "--out", str(tmp_path / "m.json")],
+         "--manifest", str(paths["manifest"]), "--features", *paths["features"],
+         "--domain", "X", "--out", str(tmp_path / "m.json")],
     ):
         assert main(argv) == 0, argv[0]
     roles = pq.read_table(tmp_path / "s.parquet").column("role").to_pylist()
     assert roles.count("test") == 4 and roles.count("reference_cv") == n_cv
     deployable = json.loads((tmp_path / "m.json").read_text())["thresholds"]["deployable"]
     assert (deployable is None) == (n_cv == 0)
+
+
+def test_score_device_puts_the_exact_index_on_a_gpu_when_faiss_has_one(tmp_path, monkeypatch,
+                                                                        capsys):
+    import faiss
+    import pyarrow.parquet as pq
+    import torch
+
+    import hdmap_ad.scoring.knn as knn
+
+    common, paths = _prepared(tmp_path, {"protocol": "full"}, 0)
+
+    def score(device, out):
+        return main(["score", *common, "--bank", str(paths["bank"]), "--device", device,
+                     "--out", str(tmp_path / out)])
+
+    assert score("cpu", "cpu.parquet") == 0
+    if not torch.cuda.is_available():  # cuda asked for, none there: one clear line, no output
+        assert score("cuda", "cuda.parquet") == 2
+        assert "no CUDA device is available" in capsys.readouterr().err
+        assert not (tmp_path / "cuda.parquet").exists()
+    # No GPU and faiss-cpu here: stand both in and check the index is handed to faiss GPU.
+    moved = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(knn, "_gpu_available", lambda: True)
+    monkeypatch.setattr(faiss, "StandardGpuResources", lambda: "resources", raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu",
+                        lambda res, dev, index: moved.append((res, dev)) or index, raising=False)
+    assert score("auto", "auto.parquet") == 0
+    assert moved and set(moved) == {("resources", 0)}
+    cpu = pq.read_table(tmp_path / "cpu.parquet").column("score").to_pylist()
+    assert pq.read_table(tmp_path / "auto.parquet").column("score").to_pylist() == cpu

@@ -129,7 +129,9 @@ def cmd_score(args: argparse.Namespace) -> None:
     ref_ids = [r["image_id"] for r in meta["references"]]
     refs = manifest.set_index("image_id").loc[ref_ids].reset_index()
     test = scored_rows(manifest, refs, exp.references.protocol)
-    indexes = {name: BankIndex(b, exp.search) for name, b in load_bank(args.bank).items()}
+    device = _device(args.device)
+    indexes = {name: BankIndex(b, exp.search, device)
+               for name, b in load_bank(args.bank).items()}
     decisions = experiment_decisions(exp, test, fit)
     scores, patches, used = score_routed(
         DescriptorSource(args.features, test.image_id.tolist(), exp.descriptor, where, stream=True),
@@ -258,9 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--domain", default="", help="domain name recorded in provenance")
         if name == "score":
             s.add_argument("--bank", required=True)
-        else:
-            s.add_argument("--device", default="cpu",
-                           help="cpu | cuda | auto: where the coreset selection runs")
+        s.add_argument("--device", default="cpu", help=(
+            "cpu | cuda | auto: where the coreset selection runs" if name == "bank" else
+            "cpu | cuda | auto: exact test-set search on a GPU when faiss has GPU support "
+            "(faiss-cpu: always the CPU)"))
         s.add_argument("--out", required=True)
         s.set_defaults(func=cmd_bank if name == "bank" else cmd_score)
 

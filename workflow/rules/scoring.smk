@@ -12,11 +12,13 @@ rule score:
         f"{WORK}/scores/domain_{{domain}}/{{experiment}}.parquet",
     params:
         spec=experiment_spec,
+        # exact search on a GPU where faiss has GPU support and the job sees one, else the CPU
+        device="cpu" if PARAMS.device == "cpu" else "auto",
     threads: 1
     log:
         f"{WORK}/logs/score/{{domain}}_{{experiment}}.log",
     shell:
         "OMP_NUM_THREADS={threads} python -m hdmap_ad score --manifest {input.manifest} "
         "--domain {wildcards.domain} --features {input.features} --bank {input.bank} "
-        "--meta {input.meta} "
+        "--meta {input.meta} --device {params.device} "
         "--spec {params.spec:q} --out {output} 2> {log}"
