@@ -12,8 +12,7 @@ rule bank:
         meta=f"{WORK}/banks/domain_{{domain}}/{{experiment}}.json",
     params:
         spec=experiment_spec,
-        # coreset on a GPU where the job lands on one (device cuda|auto), else the CPU
-        device="cpu" if PARAMS.device == "cpu" else "auto",
+        device=STEP_DEVICE,  # coreset selection
     threads: 1
     log:
         f"{WORK}/logs/bank/{{domain}}_{{experiment}}.log",

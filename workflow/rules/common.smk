@@ -16,6 +16,8 @@ WORK = config.get("work_dir", "work")
 DATASET = PARAMS.dataset
 ROOT = DATASET.root
 RESULT_PREFIX = DATASET.result_prefix
+# bank and score jobs: a GPU where the job lands on one (device cuda|auto), else the CPU
+STEP_DEVICE = "cpu" if PARAMS.device == "cpu" else "auto"
 
 
 def code(*parts):

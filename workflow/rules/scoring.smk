@@ -12,8 +12,7 @@ rule score:
         f"{WORK}/scores/domain_{{domain}}/{{experiment}}.parquet",
     params:
         spec=experiment_spec,
-        # exact search on a GPU where faiss has GPU support and the job sees one, else the CPU
-        device="cpu" if PARAMS.device == "cpu" else "auto",
+        device=STEP_DEVICE,  # exact search, with a faiss GPU build
     threads: 1
     log:
         f"{WORK}/logs/score/{{domain}}_{{experiment}}.log",
