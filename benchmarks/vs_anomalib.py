@@ -24,6 +24,7 @@ imports (ours include them).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -170,7 +171,11 @@ def _reusable(previous: dict | None, ds: dict, data: dict, bank_size: int) -> di
     """A previous run's anomalib side for the same data, backbone and bank size, if any."""
     if not previous:
         return None
-    same = (previous.get("data") == data and previous.get("backbone") == ds["backbone"]
+    def content(d: dict | None) -> dict:  # the same maps in another clone's folder match
+        return {k: v for k, v in (d or {}).items() if k != "root"}
+
+    same = ("maps_sha256" in data and content(previous.get("data")) == content(data)
+            and previous.get("backbone") == ds["backbone"]
             and previous.get("bank_size", {}).get("anomalib") == bank_size)
     return previous if same else None
 
@@ -197,7 +202,9 @@ def compare(name: str, ds: dict, work: Path, previous: dict | None = None) -> di
     n_patches = _n_patches(work, ds["backbone"], grid[0])
     data = {"root": str(ds["root"]), "kind": ds["kind"],
             "n_train": int((manifest.split == "train").sum()), "n_test": len(test),
-            "train_patches": n_patches}
+            "train_patches": n_patches,
+            "maps_sha256": hashlib.sha256(
+                "\n".join(manifest.sort_values("image_id").sha256).encode()).hexdigest()}
     y = (test.label != "good").to_numpy(int)
     s_ours = np.array([ours["scores"][i] for i in test.image_id])
     auroc = {"ours": float(roc_auc_score(y, s_ours))}

@@ -57,9 +57,14 @@ def test_vs_anomalib_reuses_only_a_matching_anomalib_run_and_tables_it():
     import vs_anomalib
 
     ds = {"backbone": {"key": "b", "layers": ["x"]}}
-    data = {"root": "r", "kind": "mvtec", "n_train": 2, "n_test": 3, "train_patches": 8}
+    data = {"root": "r", "kind": "mvtec", "n_train": 2, "n_test": 3, "train_patches": 8,
+            "maps_sha256": "ab"}
     prev = {"data": data, "backbone": ds["backbone"], "bank_size": {"anomalib": 5}}
     assert vs_anomalib._reusable(prev, ds, data, 5) is prev
+    assert vs_anomalib._reusable(prev, ds, {**data, "root": "other/clone"}, 5) is prev
+    assert vs_anomalib._reusable(prev, ds, {**data, "maps_sha256": "cd"}, 5) is None
+    no_hash = {k: v for k, v in data.items() if k != "maps_sha256"}  # older JSON: re-measure
+    assert vs_anomalib._reusable({**prev, "data": no_hash}, ds, no_hash, 5) is None
     assert vs_anomalib._reusable(prev, ds, data, 6) is None
     assert vs_anomalib._reusable(prev, ds, {**data, "n_test": 4}, 5) is None
     assert vs_anomalib._reusable(None, ds, data, 5) is None
