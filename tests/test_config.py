@@ -26,6 +26,8 @@ def test_shipped_params_are_valid_and_h2_budgets_match():
         (lambda r: r["experiments"]["gated"].update(layers=["blocks.9"]),
          "experiments.gated.layers"),
         (lambda r: r["experiments"]["gated"].update(coreset_ratio=0), "coreset_ratio"),
+        (lambda r: r["experiments"]["gated"].update(coreset_proj_dim=0),
+         "experiments.gated.coreset_proj_dim"),
         (lambda r: r["backbones"]["effnet_lite2"].update(resize="stretch"),
          "backbones.effnet_lite2.resize"),
         (lambda r: r["dataset"].update(colour="red"), "dataset"),

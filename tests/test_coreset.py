@@ -13,13 +13,15 @@ def brute_force_k_center(x: np.ndarray, k: int, start: int) -> list[int]:
     return selected
 
 
-@pytest.mark.parametrize("n,d,ratio", [(60, 5, 0.2), (80, 200, 0.1), (40, 3, 0.5)])
-def test_greedy_matches_brute_force(n, d, ratio):
+@pytest.mark.parametrize("n,d,ratio,proj_dim", [
+    (60, 5, 0.2, 256), (80, 200, 0.1, 128), (80, 200, 0.1, None), (40, 3, 0.5, 256),
+])
+def test_greedy_matches_brute_force(n, d, ratio, proj_dim):
     rng = np.random.default_rng(n)
     x = rng.standard_normal((n, d)).astype(np.float32)
-    got = greedy_coreset(x, ratio, seed=3)
-    proj = random_projection(x, 128, seed=3).astype(np.float64)
-    want = brute_force_k_center(proj, len(got), int(got[0]))
+    got = greedy_coreset(x, ratio, seed=3, proj_dim=proj_dim)
+    space = x if proj_dim is None or d <= proj_dim else random_projection(x, proj_dim, seed=3)
+    want = brute_force_k_center(space.astype(np.float64), len(got), int(got[0]))
     assert got.tolist() == want
     assert len(got) == int(np.ceil(ratio * n))
     assert len(set(got.tolist())) == len(got)
@@ -85,3 +87,33 @@ def test_torch_selection_loop_matches_numpy_loop():
     got = _select_torch(aug, 40, start=17, device="cpu")
     assert got.dtype == np.int64 and got.tolist() == want.tolist()
     assert _select_torch(aug, 1, start=3, device="cpu").tolist() == [3]
+
+
+@pytest.mark.parametrize("block", [1, 2, 5, 300])
+def test_candidate_blocks_pick_exactly_the_textbook_greedy(block):
+    """Any block size gives the brute-force picks; bigger blocks need fewer passes."""
+    from hdmap_ad.banks.coreset import _augmented, _select_numpy
+
+    rng = np.random.default_rng(11)
+    # clusters of different spread, so blocks both hit and miss
+    x = np.concatenate([rng.normal(c, s, (60, 6)) for c, s in ((0, 1), (5, 0.2), (-4, 2))])
+    x = x.astype(np.float32)
+    counts = {}
+    got = _select_numpy(_augmented(x), 45, start=7, block=block, counts=counts)
+    assert got.tolist() == brute_force_k_center(x.astype(np.float64), 45, 7)
+    if block == 1:
+        assert counts["passes"] == 44
+    elif block == 300:
+        assert counts["passes"] == 2  # the start alone, then every point at once
+    else:
+        assert 2 < counts["passes"] < 44
+
+
+def test_block_size_is_bounded_by_memory(monkeypatch):
+    import hdmap_ad.banks.coreset as coreset
+
+    assert coreset.block_size(50) == 50
+    assert coreset.block_size(100_000) == coreset.MAX_BLOCK
+    monkeypatch.setattr(coreset, "BLOCK_BYTES", 4 * 1000 * 10)
+    assert coreset.block_size(1000) == 10
+    assert coreset.block_size(10**6) == 1

@@ -216,6 +216,7 @@ class ExperimentConfig:
     gate: str = "mixed"
     gate_margin: float = 0.02
     coreset_ratio: float = 0.1
+    coreset_proj_dim: int | None = 256
     num_neighbors: int = 9
     seed: int = 0
     deploy_folds: int = 4
@@ -239,6 +240,9 @@ class ExperimentConfig:
             raise InputError(f"{where}.gate: {cfg.gate!r} is not one of {GATES}")
         if not 0.0 < cfg.coreset_ratio <= 1.0:
             raise InputError(f"{where}.coreset_ratio: {cfg.coreset_ratio} is not in (0, 1]")
+        if cfg.coreset_proj_dim is not None and cfg.coreset_proj_dim < 1:
+            raise InputError(f"{where}.coreset_proj_dim: {cfg.coreset_proj_dim} must be >= 1 "
+                             "or null (exact distances)")
         if cfg.num_neighbors < 1:
             raise InputError(f"{where}.num_neighbors: must be >= 1")
         return cfg

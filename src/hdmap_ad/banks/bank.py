@@ -67,7 +67,8 @@ def assign_references(refs: pd.DataFrame, mode: str, fit: GateFit) -> np.ndarray
 
 
 def build_sub_banks(
-    desc: np.ndarray, assignment: np.ndarray, ratio: float, seed: int, device: str = "cpu"
+    desc: np.ndarray, assignment: np.ndarray, ratio: float, seed: int, device: str = "cpu",
+    proj_dim: int | None = 256,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Coreset-subsample each sub-bank.
 
@@ -77,6 +78,8 @@ def build_sub_banks(
         ratio: coreset ratio in (0, 1].
         seed: coreset seed.
         device: ``cuda`` runs the coreset selection on the GPU (see ``greedy_coreset``).
+        proj_dim: coreset distances on a random projection to this many dims when the
+            descriptors have more (``None``: exact distances).
 
     Returns:
         ``(banks, sources)``: ``banks[name]`` is ``(M, D)`` float32; ``sources[name]`` is
@@ -87,7 +90,7 @@ def build_sub_banks(
     for name in sorted(set(assignment)):
         pos = np.flatnonzero(assignment == name)
         patches = desc[pos].reshape(-1, d)
-        keep = np.sort(greedy_coreset(patches, ratio, seed, device=device))
+        keep = np.sort(greedy_coreset(patches, ratio, seed, proj_dim=proj_dim, device=device))
         banks[name] = np.ascontiguousarray(patches[keep])
         sources[name] = np.stack([pos[keep // (h * w)], keep % (h * w)], axis=1)
     return banks, sources
@@ -149,7 +152,8 @@ def build_bank(
                     f"(gate {exp.gate}, threshold {fit.threshold}); add references of both "
                     "conditions or use gate: mixed"
                 )
-    banks, sources = build_sub_banks(desc, assignment, exp.coreset_ratio, exp.seed, device)
+    banks, sources = build_sub_banks(desc, assignment, exp.coreset_ratio, exp.seed, device,
+                                     exp.coreset_proj_dim)
     return banks, sources, fit, assignment
 
 

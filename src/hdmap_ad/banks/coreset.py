@@ -1,13 +1,22 @@
-"""Greedy k-center coreset (PatchCore) on randomly projected features.
+"""Greedy k-center coreset (PatchCore): exact, or on randomly projected features.
 
-The selection loop is memory-bound: every step reads all N projected points once. Each point
-is stored as ``[x, |x|^2, 1]`` and each new centre as ``[-2c, 1, |c|^2]``, so one
-matrix-vector product gives the exact squared distances ``|x - c|^2`` of all points to the
-centre (no temporaries), followed by an in-place minimum and an argmax: three passes over
-the data per selected point. The projection runs in row chunks, so a 1.5M x 1536 float32
-input needs only its own memory plus the ``N x (dim + 2)`` projected copy. With
-``device="cuda"`` the same loop runs in torch on the GPU (float32; near-ties may resolve
-differently from the CPU path).
+Each point is stored as ``[x, |x|^2, 1]`` and each centre as ``[-2c, 1, |c|^2]``, so one
+matrix product gives exact squared distances ``|x - c|^2`` (no temporaries).
+
+The textbook loop reads all N points once per selected centre (one matrix-vector product),
+so it is memory-bandwidth bound. Here each pass over the data instead computes the distances
+to a *block* of candidates at once, one matrix-matrix product: the current farthest point
+and the next farthest ones by the current nearest-centre distance, which are where the
+following centres almost always come from. The loop then keeps taking the exact argmax of the
+nearest-centre distances; while that argmax is in the block its distances are already there,
+and only when it is not is the next block computed. The picks are exactly the textbook
+greedy's (up to float rounding at near-ties); on patch features a block of 128 candidates
+serves about 100 picks, so the data is read about 100x less often.
+
+The projection runs in row chunks, so a 1.5M x 1536 float32 input needs only its own memory
+plus the ``N x (dim + 2)`` projected copy and one ``block x N`` distance block
+(``BLOCK_BYTES``). With ``device="cuda"`` the textbook loop runs in torch on the GPU
+(float32; near-ties may resolve differently from the CPU path).
 """
 
 from __future__ import annotations
@@ -17,16 +26,20 @@ import math
 import numpy as np
 
 CHUNK_ROWS = 65536
+BLOCK_BYTES = 256 * 2**20  # the candidate distance block: at most this many bytes
+MAX_BLOCK = 128  # candidates per block (more costs flops for few extra picks)
 
 
-def random_projection(features: np.ndarray, dim: int, seed: int) -> np.ndarray:
-    """Project ``(N, D)`` features to ``(N, dim)`` with a seeded Gaussian map (identity if D<=dim).
+def random_projection(features: np.ndarray, dim: int | None, seed: int) -> np.ndarray:
+    """Project ``(N, D)`` features to ``(N, dim)`` with a seeded Gaussian map.
+
+    Identity (a float32 copy only where needed) when ``dim`` is None or ``D <= dim``.
 
     The scale ``1/sqrt(dim)`` keeps distances comparable (Johnson-Lindenstrauss). Rows are
     projected in chunks of ``CHUNK_ROWS`` so no full-size temporary is made.
     """
     n_feat = features.shape[1]
-    if n_feat <= dim:
+    if dim is None or n_feat <= dim:
         return np.ascontiguousarray(features, dtype=np.float32)
     rng = np.random.default_rng(seed)
     proj = rng.standard_normal((n_feat, dim)).astype(np.float32) / np.float32(math.sqrt(dim))
@@ -47,24 +60,51 @@ def _augmented(x: np.ndarray) -> np.ndarray:
     return aug
 
 
-def _select_numpy(aug: np.ndarray, k: int, start: int) -> np.ndarray:
+def block_size(n: int) -> int:
+    """Candidates per distance block for ``n`` points: ``MAX_BLOCK`` within ``BLOCK_BYTES``."""
+    return max(1, min(MAX_BLOCK, n, BLOCK_BYTES // (4 * n)))
+
+
+def _select_numpy(aug: np.ndarray, k: int, start: int, block: int | None = None,
+                  counts: dict | None = None) -> np.ndarray:
+    """Greedy k-center over ``aug`` rows (see the module docstring), ``k`` picks from ``start``.
+
+    ``block``: candidates per distance block (default ``block_size(n)``); ``counts`` (if
+    given) receives ``passes``, the number of blocks computed.
+    """
     n, d2 = aug.shape
     d = d2 - 2
+    m = block_size(n) if block is None else max(1, min(int(block), n))
     selected = np.empty(k, dtype=np.int64)
-    selected[0] = start
     min_d = np.full(n, np.inf, dtype=np.float32)
-    dist = np.empty(n, dtype=np.float32)
-    centre = np.empty(d2, dtype=np.float32)
-    for i in range(1, k + 1):
-        row = aug[selected[i - 1]]
-        np.multiply(row[:d], -2.0, out=centre[:d])
-        centre[d] = 1.0
-        centre[d + 1] = row[d]
-        np.dot(aug, centre, out=dist)
-        np.minimum(min_d, dist, out=min_d)
-        if i == k:
+    buf = np.empty((m, n), dtype=np.float32)
+    rows_of: dict[int, int] = {}
+    passes = 0
+    cur = int(start)
+    for i in range(k):
+        selected[i] = cur
+        if i == k - 1:
             break
-        selected[i] = int(np.argmax(min_d))
+        row = rows_of.get(cur)
+        if row is None:
+            # The block: the current pick first, then the next farthest points.
+            if i == 0 or m == 1:
+                cands = np.array([cur], dtype=np.int64)
+            else:
+                top = np.argpartition(min_d, n - m)[n - m:]
+                cands = np.concatenate(([cur], top[top != cur][: m - 1]))
+            centres = np.empty((len(cands), d2), dtype=np.float32)
+            np.multiply(aug[cands, :d], -2.0, out=centres[:, :d])
+            centres[:, d] = 1.0
+            centres[:, d + 1] = aug[cands, d]
+            np.matmul(centres, aug.T, out=buf[: len(cands)])
+            rows_of = {int(c): j for j, c in enumerate(cands)}
+            row = 0
+            passes += 1
+        np.minimum(min_d, buf[row], out=min_d)
+        cur = int(np.argmax(min_d))
+    if counts is not None:
+        counts["passes"] = passes
     return selected
 
 
@@ -99,7 +139,7 @@ def greedy_coreset(
     features: np.ndarray,
     ratio: float,
     seed: int = 0,
-    proj_dim: int = 128,
+    proj_dim: int | None = 256,
     device: str = "cpu",
     k: int | None = None,
 ) -> np.ndarray:
@@ -112,7 +152,9 @@ def greedy_coreset(
         features: ``(N, D)`` float32 patch features.
         ratio: fraction of points to keep, in (0, 1]; 1.0 keeps all (no selection run).
         seed: seeds the start point and the projection.
-        proj_dim: dimension of the random projection used for the distance computations.
+        proj_dim: features with more dimensions are randomly projected to this many for the
+            distance computations (cheaper, approximate); ``None`` or ``D <= proj_dim``: exact
+            distances in the feature space.
         device: ``cpu``, or ``cuda`` to run the selection loop on the GPU when one is present.
         k: select exactly this many points instead of ``coreset_size(N, ratio)``.
 
