@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from hdmap_ad.banks.coreset import DEFAULT_PROJ_DIM
 from hdmap_ad.errors import InputError
 from hdmap_ad.features.context import ContextConfig
 from hdmap_ad.features.descriptors import DescriptorConfig
@@ -216,7 +217,7 @@ class ExperimentConfig:
     gate: str = "mixed"
     gate_margin: float = 0.02
     coreset_ratio: float = 0.1
-    coreset_proj_dim: int | None = 256
+    coreset_proj_dim: int | None = DEFAULT_PROJ_DIM
     num_neighbors: int = 9
     seed: int = 0
     deploy_folds: int = 4

@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hdmap_ad.banks.coreset import greedy_coreset
+from hdmap_ad.banks.coreset import DEFAULT_PROJ_DIM, greedy_coreset
 from hdmap_ad.banks.gate import (
     COLD,
     MIXED,
@@ -68,7 +68,7 @@ def assign_references(refs: pd.DataFrame, mode: str, fit: GateFit) -> np.ndarray
 
 def build_sub_banks(
     desc: np.ndarray, assignment: np.ndarray, ratio: float, seed: int, device: str = "cpu",
-    proj_dim: int | None = 256,
+    proj_dim: int | None = DEFAULT_PROJ_DIM,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Coreset-subsample each sub-bank.
 

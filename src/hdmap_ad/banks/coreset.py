@@ -28,6 +28,9 @@ import numpy as np
 CHUNK_ROWS = 65536
 BLOCK_BYTES = 256 * 2**20  # the candidate distance block: at most this many bytes
 MAX_BLOCK = 128  # candidates per block (more costs flops for few extra picks)
+# Wider descriptors are randomly projected to this many dims for the distances (anomalib
+# projects to ~25 ln N, about 300 at 100k patches); narrower ones are selected exactly.
+DEFAULT_PROJ_DIM = 256
 
 
 def random_projection(features: np.ndarray, dim: int | None, seed: int) -> np.ndarray:
@@ -139,7 +142,7 @@ def greedy_coreset(
     features: np.ndarray,
     ratio: float,
     seed: int = 0,
-    proj_dim: int | None = 256,
+    proj_dim: int | None = DEFAULT_PROJ_DIM,
     device: str = "cpu",
     k: int | None = None,
 ) -> np.ndarray:
