@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hdmap_ad.banks.coreset import DEFAULT_PROJ_DIM, greedy_coreset
+from hdmap_ad.banks.coreset import greedy_coreset
 from hdmap_ad.banks.gate import (
     COLD,
     MIXED,
@@ -67,19 +67,16 @@ def assign_references(refs: pd.DataFrame, mode: str, fit: GateFit) -> np.ndarray
 
 
 def build_sub_banks(
-    desc: np.ndarray, assignment: np.ndarray, ratio: float, seed: int, device: str = "cpu",
-    proj_dim: int | None = DEFAULT_PROJ_DIM,
+    desc: np.ndarray, assignment: np.ndarray, exp: ExperimentConfig, device: str = "cpu"
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Coreset-subsample each sub-bank.
 
     Args:
         desc: ``(N, H, W, D)`` reference descriptors.
         assignment: ``(N,)`` sub-bank name per reference.
-        ratio: coreset ratio in (0, 1].
-        seed: coreset seed.
+        exp: the experiment; its ``coreset_ratio``, ``seed`` and ``coreset_proj_dim`` drive
+            the coreset.
         device: ``cuda`` runs the coreset selection on the GPU (see ``greedy_coreset``).
-        proj_dim: coreset distances on a random projection to this many dims when the
-            descriptors have more (``None``: exact distances).
 
     Returns:
         ``(banks, sources)``: ``banks[name]`` is ``(M, D)`` float32; ``sources[name]`` is
@@ -90,7 +87,8 @@ def build_sub_banks(
     for name in sorted(set(assignment)):
         pos = np.flatnonzero(assignment == name)
         patches = desc[pos].reshape(-1, d)
-        keep = np.sort(greedy_coreset(patches, ratio, seed, proj_dim=proj_dim, device=device))
+        keep = np.sort(greedy_coreset(patches, exp.coreset_ratio, exp.seed,
+                                         proj_dim=exp.coreset_proj_dim, device=device))
         banks[name] = np.ascontiguousarray(patches[keep])
         sources[name] = np.stack([pos[keep // (h * w)], keep % (h * w)], axis=1)
     return banks, sources
@@ -152,8 +150,7 @@ def build_bank(
                     f"(gate {exp.gate}, threshold {fit.threshold}); add references of both "
                     "conditions or use gate: mixed"
                 )
-    banks, sources = build_sub_banks(desc, assignment, exp.coreset_ratio, exp.seed, device,
-                                     exp.coreset_proj_dim)
+    banks, sources = build_sub_banks(desc, assignment, exp, device)
     return banks, sources, fit, assignment
 
 

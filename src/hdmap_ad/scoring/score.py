@@ -110,14 +110,12 @@ def reference_cv_scores(
         held, kept = folds == f, folds != f
         if not held.any() or not kept.any():
             continue
-        banks, _ = build_sub_banks(ref_desc[kept], assignment[kept], exp.coreset_ratio, exp.seed,
-                                   proj_dim=exp.coreset_proj_dim)
+        banks, _ = build_sub_banks(ref_desc[kept], assignment[kept], exp)
         route = decisions[held].copy()
         missing = ~np.isin(route, [*banks, BOTH])
         if missing.any():
             banks[MIXED] = build_sub_banks(
-                ref_desc[kept], np.full(kept.sum(), MIXED, dtype=object),
-                exp.coreset_ratio, exp.seed, proj_dim=exp.coreset_proj_dim,
+                ref_desc[kept], np.full(kept.sum(), MIXED, dtype=object), exp
             )[0][MIXED]
             route[missing] = MIXED
         indexes = {k: BankIndex(v, exp.search) for k, v in banks.items()}
