@@ -8,9 +8,9 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 CORES ?= all
 
-.PHONY: install demo test lint clean-work bench bench-anomalib bench-coreset bench-memory bench-search bench-cache
+.PHONY: install demo test lint readme-methods clean-work bench bench-anomalib bench-coreset bench-memory bench-search bench-cache
 
-$(BIN)/.installed: pyproject.toml Makefile
+$(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
@@ -57,6 +57,13 @@ bench-cache: install
 # then exits non-zero.
 bench:
 	$(MAKE) -k bench-anomalib bench-coreset bench-memory bench-search bench-cache
+
+# The README's method table, regenerated from the method registry.
+readme-methods: install
+	$(BIN)/python -c "import re, pathlib; from hdmap_ad.methods import methods_markdown as t; \
+	p = pathlib.Path('README.md'); s = p.read_text(); \
+	a, b = '<!-- methods-table: start -->\n', '<!-- methods-table: end -->'; \
+	p.write_text(s[: s.index(a) + len(a)] + t() + s[s.index(b) :])"
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

@@ -1,4 +1,4 @@
-# hdmap-ad: dataset -> features -> banks -> scores -> metrics.
+# hdmap-ad: dataset -> features -> fitted methods (gated or mixed) -> scores -> metrics.
 # Thin on purpose: every rule calls `python -m hdmap_ad <step>`; helpers live in common.smk.
 configfile: "params.yaml"
 
@@ -6,7 +6,7 @@ configfile: "params.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"
-include: "workflow/rules/banks.smk"
+include: "workflow/rules/fit.smk"
 include: "workflow/rules/scoring.smk"
 include: "workflow/rules/report.smk"
 

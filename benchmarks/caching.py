@@ -5,7 +5,7 @@
 Copies the project (code and workflow, the demo's params restricted to the given domains and
 experiments) to a temp dir, then
 1. cold run: ``snakemake all`` from nothing (synthetic data, manifests, features, banks, ...);
-2. edits one experiment's ``coreset_ratio`` (0.1 -> 0.05) and asks Snakemake (dry run) which
+2. edits one experiment's ``method.coreset_ratio`` (0.1 -> 0.05) and asks Snakemake (dry run) which
    jobs of each rule it would run, then runs them.
 Reports the jobs per rule of both runs, the extraction jobs of the second (must be 0) and
 the wall time saved. Writes ``results/benchmarks/caching.json`` and ``.md``.
@@ -57,14 +57,14 @@ def main(argv: list[str] | None = None) -> int:
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         cold_jobs = _jobs(_snakemake(project, "-n", "all")[0])
         _, cold_s = _snakemake(project, "all")
-        params["experiments"][changed]["coreset_ratio"] = 0.05
+        params["experiments"][changed]["method"]["coreset_ratio"] = 0.05
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         warm_jobs = _jobs(_snakemake(project, "-n", "all")[0])
         _, warm_s = _snakemake(project, "all")
     extraction = sum(n for rule, n in warm_jobs.items() if rule.startswith("extract"))
     result = {
         "machine": machine_line(), "domains": args.domains, "experiments": args.experiments,
-        "change": f"experiments.{changed}.coreset_ratio 0.1 -> 0.05",
+        "change": f"experiments.{changed}.method.coreset_ratio 0.1 -> 0.05",
         "cold": {"wall_s": cold_s, "jobs": cold_jobs},
         "after_change": {"wall_s": warm_s, "jobs": warm_jobs},
         "feature_jobs_after_change": extraction,

@@ -33,7 +33,8 @@ EXPERIMENT = {
     "key": "mem", "backbone": "bb", "layers": ["blocks.2"],
     "references": {"protocol": "test_good_holdout", "n_cold": 16, "n_warm": 16,
                    "pick": "random", "seed": 0},
-    "gate": "p90", "coreset_ratio": 0.1, "num_neighbors": 9, "seed": 0,
+    "gate": "p90", "seed": 0,
+    "method": {"name": "patchcore", "coreset_ratio": 0.1, "num_neighbors": 9},
 }
 
 
@@ -68,8 +69,8 @@ def measure(root: Path, n_test: int) -> dict:
     spec = json.dumps(EXPERIMENT)
     common = ["--manifest", str(manifest), "--features", str(cache), "--spec", spec,
               "--meta", str(root / "bank.json")]
-    bank = _hdmap(["bank", *common, "--out", str(root / "bank.parquet")])
-    score = _hdmap(["score", *common, "--bank", str(root / "bank.parquet"),
+    bank = _hdmap(["fit", *common, "--out", str(root / "model")])
+    score = _hdmap(["score", *common, "--model", str(root / "model"),
                     "--out", str(root / "scores.parquet")])
     return {"n_test": n_test, "feature_cache_mb": cache.stat().st_size / 2**20,
             "bank": bank, "score": score}

@@ -8,7 +8,7 @@ For each dataset it
 1. scans the maps into our manifest and writes the preprocessed network inputs of the train
    and test maps (our reader; so both sides see the same pixels) and the backbone's timm
    state dict (the offline package weights) for anomalib;
-2. runs our CLI steps (``extract``, ``bank``, ``score``) as separate processes, each timed
+2. runs our CLI steps (``extract``, ``fit``, ``score``) as separate processes, each timed
    (wall clock) with its peak RSS (``wait4``): whole train set in one mixed bank, the same
    coreset size, no deployable-threshold folds (anomalib has none);
 3. runs anomalib's ``PatchcoreModel`` on the same inputs in its own environment
@@ -125,25 +125,26 @@ def run_ours(work: Path, manifest_path: Path, backbone: dict) -> dict:
     feats = [str(work / "features" / f"{layer}.parquet") for layer in backbone["layers"]]
     exp = spec_json({
         "key": "bench", "backbone": backbone["key"], "layers": backbone["layers"],
-        "references": {"protocol": "full"}, "gate": "mixed", "coreset_ratio": CORESET_RATIO,
-        "num_neighbors": NUM_NEIGHBORS, "seed": 0, "deploy_folds": 0,
+        "references": {"protocol": "full"}, "gate": "mixed", "seed": 0, "deploy_folds": 0,
+        "method": {"name": "patchcore", "coreset_ratio": CORESET_RATIO,
+                   "num_neighbors": NUM_NEIGHBORS},
     })
-    bank, meta, scores = work / "bank.parquet", work / "bank.json", work / "scores.parquet"
+    bank, meta, scores = work / "model", work / "model.json", work / "scores.parquet"
     phases = {
         "extract": _run_ours(["extract", "--manifest", str(manifest_path), "--spec",
                               spec_json(backbone), "--out-dir", str(work / "features"),
                               "--quiet"]),
-        "coreset": _run_ours(["bank", "--manifest", str(manifest_path), "--features", *feats,
+        "coreset": _run_ours(["fit", "--manifest", str(manifest_path), "--features", *feats,
                               "--spec", exp, "--out", str(bank), "--meta", str(meta)]),
         "scoring": _run_ours(["score", "--manifest", str(manifest_path), "--features", *feats,
-                              "--spec", exp, "--bank", str(bank), "--meta", str(meta),
+                              "--spec", exp, "--model", str(bank), "--meta", str(meta),
                               "--out", str(scores)]),
     }
     table = pq.read_table(scores, columns=["image_id", "role", "score"]).to_pandas()
     test = table[table.role == "test"]
     return {
         "phases": phases,
-        "bank_size": pq.read_metadata(bank).num_rows,
+        "bank_size": json.loads(meta.read_text())["sub_banks"]["mixed"]["kept"],
         "scores": dict(zip(test.image_id, test.score, strict=True)),
     }
 

@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 from hdmap_ad.cli import main
-from tests.test_references import _write_domain
+from tests.conftest import write_domain
 
 
 def _fails(capsys, argv: list[str], out_dir: Path, *expected: str) -> str:
@@ -47,7 +47,7 @@ def _manifest_fails(capsys, tmp_path: Path, root: Path, *expected: str, kind="hd
 
 
 def test_corrupt_tiff(capsys, tmp_path):
-    root = _write_domain(tmp_path / "domain_X")
+    root = write_domain(tmp_path / "domain_X")
     bad = root / "test/good/000001.tiff"
     bad.write_bytes(np.random.default_rng(0).bytes(500))
     _manifest_fails(capsys, tmp_path, root, f"{bad}: cannot read image")
@@ -72,7 +72,7 @@ def test_corrupt_png_mvtec(capsys, tmp_path):
 
 
 def test_unreadable_file(capsys, tmp_path):
-    root = _write_domain(tmp_path / "domain_X")
+    root = write_domain(tmp_path / "domain_X")
     bad = root / "test/fault/000001.tiff"
     if os.geteuid() == 0:  # root reads a chmod 000 file: use a folder with a map's name
         bad.unlink()
@@ -88,14 +88,14 @@ def test_unreadable_file(capsys, tmp_path):
 
 
 def test_zero_byte_file(capsys, tmp_path):
-    root = _write_domain(tmp_path / "domain_X")
+    root = write_domain(tmp_path / "domain_X")
     bad = root / "train/good/000002.tiff"
     bad.write_bytes(b"")
     _manifest_fails(capsys, tmp_path, root, f"{bad}: empty file (0 bytes)")
 
 
 def test_wrong_shape_within_domain(capsys, tmp_path):
-    root = _write_domain(tmp_path / "domain_X")
+    root = write_domain(tmp_path / "domain_X")
     bad = root / "test/good/000003.tiff"
     tifffile.imwrite(bad, np.zeros((30, 95), np.float32))
     _manifest_fails(capsys, tmp_path, root, f"{bad}: shape (30, 95) differs from (31, 95)")
@@ -108,7 +108,7 @@ def test_wrong_shape_within_domain(capsys, tmp_path):
     ids=["nan", "inf", "negative"],
 )
 def test_bad_values(capsys, tmp_path, value, problem):
-    root = _write_domain(tmp_path / "domain_X")
+    root = write_domain(tmp_path / "domain_X")
     bad = root / "test/fault/000002.tiff"
     arr = np.full((31, 95), 0.5, np.float32)
     arr[3, 4] = value
@@ -117,14 +117,14 @@ def test_bad_values(capsys, tmp_path, value, problem):
 
 
 def test_empty_folder(capsys, tmp_path):
-    root = _write_domain(tmp_path / "domain_X")
+    root = write_domain(tmp_path / "domain_X")
     for p in (root / "test/fault").iterdir():
         p.unlink()
     _manifest_fails(capsys, tmp_path, root, f"{root / 'test/fault'}: no images")
 
 
 def test_missing_folder(capsys, tmp_path):
-    root = _write_domain(tmp_path / "domain_X")
+    root = write_domain(tmp_path / "domain_X")
     for p in (root / "test/fault").iterdir():
         p.unlink()
     (root / "test/fault").rmdir()
@@ -132,13 +132,13 @@ def test_missing_folder(capsys, tmp_path):
 
 
 def test_duplicate_indices(capsys, tmp_path):
-    root = _write_domain(tmp_path / "domain_X")
+    root = write_domain(tmp_path / "domain_X")
     tifffile.imwrite(root / "test/good/000001.tif", np.zeros((31, 95), np.float32))
     _manifest_fails(capsys, tmp_path, root, "000001.tif", "duplicate map index 1")
 
 
 def test_odd_test_count(capsys, tmp_path):
-    root = _write_domain(tmp_path / "domain_X", n_test=3)
+    root = write_domain(tmp_path / "domain_X", n_test=3)
     _manifest_fails(capsys, tmp_path, root, f"{root / 'test/good'}: 3 maps", "even count")
 
 
@@ -228,21 +228,21 @@ def test_valid_params_pass(capsys, tmp_path):
 
 
 def test_more_references_than_exist(capsys, tmp_path):
-    root = _write_domain(tmp_path / "domain_X", n_test=4)  # 2 cold test/good maps
+    root = write_domain(tmp_path / "domain_X", n_test=4)  # 2 cold test/good maps
     manifest = tmp_path / "m.parquet"
     assert main(["manifest", "--domain-root", str(root), "--out", str(manifest)]) == 0
     spec = {"key": "g", "backbone": "b", "layers": ["x"],
             "references": {"protocol": "test_good_holdout", "n_cold": 5, "n_warm": 1}}
     out_dir = tmp_path / "banks"
     out_dir.mkdir()
-    _fails(capsys, ["bank", "--manifest", str(manifest), "--features", str(tmp_path / "f.parquet"),
+    _fails(capsys, ["fit", "--manifest", str(manifest), "--features", str(tmp_path / "f.parquet"),
                     "--spec", json.dumps(spec), "--meta", str(out_dir / "g.json"),
                     "--out", str(out_dir / "g.parquet")],
            out_dir, "experiments.g.references.n_cold: asks for 5 references but only 2")
 
 
 def _extract_argv(tmp_path: Path, backbone: dict) -> tuple[list[str], Path]:
-    root = _write_domain(tmp_path / "domain_X", n_test=2)
+    root = write_domain(tmp_path / "domain_X", n_test=2)
     manifest = tmp_path / "m.parquet"
     assert main(["manifest", "--domain-root", str(root), "--out", str(manifest)]) == 0
     out_dir = tmp_path / "features"

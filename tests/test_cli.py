@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 from hdmap_ad.cli import main
-from tests.test_references import _write_domain
+from tests.conftest import write_domain
 
 
 def _cli(*args, cwd=None):
@@ -27,7 +27,7 @@ def test_missing_domain_folder(tmp_path):
 
 
 def test_nan_map_is_named(tmp_path):
-    root = _write_domain(tmp_path / "domain_X")
+    root = write_domain(tmp_path / "domain_X")
     bad = root / "test/fault/000002.tiff"
     arr = np.zeros((31, 95), np.float32)
     arr[3, 4] = np.nan
@@ -40,7 +40,7 @@ def test_nan_map_is_named(tmp_path):
 
 def test_bad_spec_names_the_key(tmp_path):
     spec = {"key": "g", "backbone": "b", "layers": ["x"], "references": {"protocol": "nope"}}
-    proc = _cli("bank", "--manifest", "m", "--features", "f", "--spec", json.dumps(spec),
+    proc = _cli("fit", "--manifest", "m", "--features", "f", "--spec", json.dumps(spec),
                 "--meta", str(tmp_path / "b.json"), "--out", str(tmp_path / "b.parquet"))
     assert proc.returncode == 2
     assert "experiments.g.references.protocol: 'nope'" in proc.stderr
@@ -56,12 +56,13 @@ def test_validate_params(tmp_path):
 
 def _prepared(tmp_path, refs, folds):
     """A tiny domain with manifest, layer2 features and a bank; returns (common args, paths)."""
-    root = _write_domain(tmp_path / "domain_X", n_test=2)
+    root = write_domain(tmp_path / "domain_X", n_test=2)
     manifest, feats = tmp_path / "m.parquet", tmp_path / "features"
     backbone = {"key": "r18", "model": "resnet18", "weights": {"source": "random"},
                 "input_size": 32, "layers": ["layer2"], "batch_size": 4}
     exp = json.dumps({"key": "e", "backbone": "r18", "layers": ["layer2"], "references": refs,
-                      "gate": "mixed", "coreset_ratio": 0.5, "deploy_folds": folds})
+                      "gate": "mixed", "deploy_folds": folds,
+                      "method": {"name": "patchcore", "coreset_ratio": 0.5}})
     f = [str(feats / "layer2.parquet")]
     common = ["--manifest", str(manifest), "--features", *f, "--spec", exp,
               "--meta", str(tmp_path / "b.json")]
@@ -69,7 +70,7 @@ def _prepared(tmp_path, refs, folds):
         ["manifest", "--domain-root", str(root), "--out", str(manifest)],
         ["extract", "--manifest", str(manifest), "--spec", json.dumps(backbone),
          "--out-dir", str(feats), "--quiet"],
-        ["bank", *common, "--out", str(tmp_path / "b.parquet")],
+        ["fit", *common, "--out", str(tmp_path / "b.parquet")],
     ):
         assert main(argv) == 0, argv[0]
     return common, {"manifest": manifest, "features": f, "bank": tmp_path / "b.parquet"}
@@ -85,7 +86,7 @@ def test_score_and_metrics_without_reference_folds(tmp_path, refs, folds, n_cv):
 
     common, paths = _prepared(tmp_path, refs, folds)
     for argv in (
-        ["score", *common, "--bank", str(paths["bank"]), "--out", str(tmp_path / "s.parquet")],
+        ["score", *common, "--model", str(paths["bank"]), "--out", str(tmp_path / "s.parquet")],
         ["metrics", "--scores", str(tmp_path / "s.parquet"), "--meta", str(tmp_path / "b.json"),
          "--manifest", str(paths["manifest"]), "--features", *paths["features"],
          "--domain", "X", "--out", str(tmp_path / "m.json")],
@@ -108,7 +109,7 @@ def test_score_device_puts_the_exact_index_on_a_gpu_when_faiss_has_one(tmp_path,
     common, paths = _prepared(tmp_path, {"protocol": "full"}, 0)
 
     def score(device, out):
-        return main(["score", *common, "--bank", str(paths["bank"]), "--device", device,
+        return main(["score", *common, "--model", str(paths["bank"]), "--device", device,
                      "--out", str(tmp_path / out)])
 
     assert score("cpu", "cpu.parquet") == 0

@@ -3,7 +3,7 @@ import yaml
 
 from hdmap_ad.config import load_params, parse_params
 from hdmap_ad.errors import InputError
-from tests.test_pipeline import REPO
+from tests.conftest import REPO
 
 
 def _raw():
@@ -25,9 +25,19 @@ def test_shipped_params_are_valid_and_h2_budgets_match():
          "experiments.gated.backbone"),
         (lambda r: r["experiments"]["gated"].update(layers=["blocks.9"]),
          "experiments.gated.layers"),
-        (lambda r: r["experiments"]["gated"].update(coreset_ratio=0), "coreset_ratio"),
-        (lambda r: r["experiments"]["gated"].update(coreset_proj_dim=0),
-         "experiments.gated.coreset_proj_dim"),
+        (lambda r: r["experiments"]["gated"]["method"].update(coreset_ratio=0),
+         "experiments.gated.method"),
+        (lambda r: r["experiments"]["gated"]["method"].update(coreset_proj_dim=0),
+         "experiments.gated.method"),
+        (lambda r: r["experiments"]["gated"]["method"].update(num_neighbors=9.0),
+         "experiments.gated.method"),
+        (lambda r: r["experiments"]["gated"]["method"].update(name="nope"),
+         "experiments.gated.method.name"),
+        (lambda r: r["experiments"]["gated"]["method"].update(radius=3),
+         "experiments.gated.method"),
+        (lambda r: r["experiments"]["gated"].update(coreset_ratio=0.1),
+         "experiments.gated.coreset_ratio: PatchCore's options moved into the method"),
+        (lambda r: r["experiments"]["gated"].update(seed=-1), "experiments.gated.seed"),
         (lambda r: r["backbones"]["effnet_lite2"].update(resize="stretch"),
          "backbones.effnet_lite2.resize"),
         (lambda r: r["dataset"].update(colour="red"), "dataset"),

@@ -69,17 +69,19 @@ def test_random_inverse_fallback_and_both_min_decisions():
 
 
 def test_both_routing_keeps_the_lower_score_and_records_the_winner():
-    from hdmap_ad.scoring.knn import BankIndex
+    from hdmap_ad.methods.patchcore import PatchCoreModel, PatchCoreOptions
     from hdmap_ad.scoring.score import score_routed
 
     cold = np.zeros((4, 2), np.float32)
     warm = np.full((4, 2), 10.0, np.float32)
     desc = np.array([[[[1.0, 0.0]]], [[[9.0, 10.0]]]], np.float32)  # (2 maps, 1x1 grid, 2)
-    indexes = {"cold": BankIndex(cold), "warm": BankIndex(warm)}
+    opts = PatchCoreOptions(num_neighbors=1)
+    src = np.zeros((4, 2), np.int64)
+    indexes = {"cold": PatchCoreModel(cold, src, opts), "warm": PatchCoreModel(warm, src, opts)}
     s, patches, used = score_routed(lambda sel: desc[sel], np.array(["both", "both"], object),
-                                    indexes, num_neighbors=1)
+                                    indexes)
     assert used.tolist() == ["cold", "warm"]
     assert np.allclose(s, [1.0, 1.0]) and patches.shape == (2, 1, 1)
     s2, _, used2 = score_routed(lambda sel: desc[sel], np.array(["warm", "cold"], object),
-                                indexes, num_neighbors=1)
+                                indexes)
     assert used2.tolist() == ["warm", "cold"] and np.all(s2 > 9)

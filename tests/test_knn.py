@@ -78,5 +78,5 @@ def test_ivf_nlist_is_capped_for_small_banks_and_bad_search_keys_are_named():
     assert index.nlist == 2 and index.nprobe == 2
     with pytest.raises(InputError, match=r"experiments.e.search.index: 'annoy'"):
         SearchConfig.from_dict({"index": "annoy"}, "experiments.e.search")
-    with pytest.raises(InputError, match=r"search.nprob: unknown key"):
+    with pytest.raises(InputError, match=r"search.nprob: unknown option"):
         SearchConfig.from_dict({"nprob": 3})

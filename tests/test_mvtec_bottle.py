@@ -39,8 +39,8 @@ EXPERIMENT = {
     "layers": ["blocks.2", "blocks.4"],
     "references": {"protocol": "train", "k": 48, "seed": 0},
     "gate": "mixed",
-    "coreset_ratio": 0.05,
-    "num_neighbors": 9,
+    "method": {"name": "patchcore", "coreset_ratio": 0.05,
+               "num_neighbors": 9},
     "deploy_folds": 2,
 }
 
@@ -48,17 +48,17 @@ EXPERIMENT = {
 def test_bottle_image_auroc(tmp_path):
     manifest = tmp_path / "manifest.parquet"
     feats = [str(tmp_path / "features" / f"{layer}.parquet") for layer in BACKBONE["layers"]]
-    bank, meta, scores = (tmp_path / n for n in ("bank.parquet", "bank.json", "scores.parquet"))
+    bank, meta, scores = (tmp_path / n for n in ("model", "bank.json", "scores.parquet"))
     result = tmp_path / "bottle_ungated.json"
     spec = spec_json(EXPERIMENT)
     steps = [
         ["manifest", "--domain-root", str(BOTTLE), "--kind", "mvtec", "--out", str(manifest)],
         ["extract", "--manifest", str(manifest), "--spec", spec_json(BACKBONE), "--out-dir",
          str(tmp_path / "features"), "--quiet"],
-        ["bank", "--manifest", str(manifest), "--features", *feats, "--spec", spec,
+        ["fit", "--manifest", str(manifest), "--features", *feats, "--spec", spec,
          "--out", str(bank), "--meta", str(meta)],
         ["score", "--manifest", str(manifest), "--features", *feats, "--spec", spec,
-         "--bank", str(bank), "--meta", str(meta), "--out", str(scores)],
+         "--model", str(bank), "--meta", str(meta), "--out", str(scores)],
         ["metrics", "--scores", str(scores), "--meta", str(meta), "--manifest", str(manifest),
          "--features", *feats, "--domain", "bottle", "--out", str(result)],
     ]

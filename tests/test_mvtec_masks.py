@@ -25,8 +25,8 @@ EXPERIMENT = {
     "layers": ["blocks.2"],
     "references": {"protocol": "full"},
     "gate": "mixed",
-    "coreset_ratio": 0.5,
-    "num_neighbors": 3,
+    "method": {"name": "patchcore", "coreset_ratio": 0.5,
+               "num_neighbors": 3},
 }
 
 
@@ -66,10 +66,10 @@ def test_masked_dataset_gives_pixel_metrics(tmp_path):
         ["manifest", "--domain-root", str(cat), "--kind", "mvtec", "--out", str(w / "m.parquet")],
         ["extract", "--manifest", str(w / "m.parquet"), "--spec", spec_json(BACKBONE),
          "--out-dir", str(w / "features"), "--quiet"],
-        ["bank", "--manifest", str(w / "m.parquet"), "--features", *feats, "--spec", spec,
-         "--out", str(w / "b.parquet"), "--meta", str(w / "b.json")],
+        ["fit", "--manifest", str(w / "m.parquet"), "--features", *feats, "--spec", spec,
+         "--out", str(w / "model"), "--meta", str(w / "b.json")],
         ["score", "--manifest", str(w / "m.parquet"), "--features", *feats, "--spec", spec,
-         "--bank", str(w / "b.parquet"), "--meta", str(w / "b.json"), "--out",
+         "--model", str(w / "model"), "--meta", str(w / "b.json"), "--out",
          str(w / "s.parquet")],
         ["metrics", "--scores", str(w / "s.parquet"), "--meta", str(w / "b.json"),
          "--manifest", str(w / "m.parquet"), "--features", *feats, "--domain", "widget",

@@ -1,25 +1,23 @@
 """The Snakemake DAG end to end on a tiny config in a temp copy of the project, and DVC on top.
 
-Checks the re-run behaviour the users rely on: nothing to do on a second run, a bank-only
-param change re-runs no feature extraction, and the same params give byte-identical metrics.
+Checks the re-run behaviour the users rely on: nothing to do on a second run, a method-only
+param change (an option, or another method) re-runs no feature extraction, and the same params
+give byte-identical metrics.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from tests.conftest import copy_project, project_env
 
 pytestmark = pytest.mark.slow
 
@@ -47,24 +45,24 @@ TINY = {
             "layers": ["blocks.2", "blocks.4"],
             "references": {"protocol": "test_good_holdout", "n_cold": 2, "n_warm": 2},
             "gate": "mixed",
-            "coreset_ratio": 0.5,
-            "num_neighbors": 3,
+            "method": {"name": "patchcore", "coreset_ratio": 0.5,
+                       "num_neighbors": 3},
         },
         "gated": {
             "backbone": "lite2",
             "layers": ["blocks.2"],
             "references": {"protocol": "test_good_holdout", "n_cold": 2, "n_warm": 2},
             "gate": "p90",
-            "coreset_ratio": 0.5,
-            "num_neighbors": 3,
+            "method": {"name": "patchcore", "coreset_ratio": 0.5,
+                       "num_neighbors": 3},
         },
         "cpd_soft": {
             "backbone": "lite2",
             "layers": ["blocks.2", "blocks.4"],
             "references": {"protocol": "test_good_holdout", "n_cold": 2, "n_warm": 2},
             "gate": "both-min",
-            "coreset_ratio": 0.5,
-            "num_neighbors": 3,
+            "method": {"name": "patchcore", "coreset_ratio": 0.5,
+                       "num_neighbors": 3},
             "project_dim": 64,
             "context": {"radius": [1, 2], "aggregation": "mean", "mode": "concat"},
         },
@@ -73,8 +71,8 @@ TINY = {
             "layers": ["blocks.2"],
             "references": {"protocol": "test_good_holdout", "pick": "random"},
             "gate": "mixed",
-            "coreset_ratio": 0.5,
-            "num_neighbors": 3,
+            "method": {"name": "patchcore", "coreset_ratio": 0.5,
+                       "num_neighbors": 3},
             "budgets": [1, 2],
             "seeds": [0, 1],
         },
@@ -84,17 +82,8 @@ TINY = {
 }
 
 
-def _env(project: Path) -> dict[str, str]:
-    """The venv's tools, and the project copy's own code (not the editable install's)."""
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = str(project / "src")
-    env.setdefault("OMP_NUM_THREADS", "2")
-    return env
-
-
 def _run(args: list[str], cwd: Path, stdout_only: bool = False) -> str:
-    proc = subprocess.run(args, cwd=cwd, env=_env(cwd), capture_output=True, text=True)
+    proc = subprocess.run(args, cwd=cwd, env=project_env(cwd), capture_output=True, text=True)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{out[-4000:]}"
     return proc.stdout if stdout_only else out
@@ -117,30 +106,18 @@ def _jobs(dry_run_output: str) -> dict[str, int]:
     return counts
 
 
-def _copy_project(root: Path) -> None:
-    """Code, workflow and DVC/git config of the project, without data or results."""
-    for name in ("Snakefile", "dvc.yaml", ".dvcignore", ".gitignore", "workflow", "profiles",
-                 "src"):
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, root / name,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy2(src, root / name)
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """A copy of the project (code, workflow, DVC config) with the tiny params."""
     root = tmp_path_factory.mktemp("project")
-    _copy_project(root)
+    copy_project(root)
     (root / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
     return root
 
 
 def _set_ratio(project: Path, experiment: str, ratio: float) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["experiments"][experiment]["coreset_ratio"] = ratio
+    params["experiments"][experiment]["method"]["coreset_ratio"] = ratio
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -157,7 +134,7 @@ def test_dag_runs_and_reruns_only_what_changed(project: Path):
     cpd = json.loads((project / "results/domainC_cpd_soft.json").read_text())
     assert cpd["gate"]["searched_both"] == 20
     assert cpd["provenance"]["features"]["blocks.2"]["weights"]["source"] == "package"
-    bank = json.loads((project / "work/banks/domain_C/cpd_soft.json").read_text())
+    bank = json.loads((project / "work/models/domain_C/cpd_soft.json").read_text())
     assert bank["dim"] == 64 * 3  # projected to 64, then [f | ctx_1 | ctx_2]
     swept = json.loads((project / "results/domainC_swept.json").read_text())
     assert set(swept["budgets"]) == {"1", "2"} and swept["budgets"]["2"]["auroc"]["n"] == 2
@@ -178,10 +155,25 @@ def test_dag_runs_and_reruns_only_what_changed(project: Path):
     before = (project / "results/domainC_ungated.json").read_bytes()
     _set_ratio(project, "gated", 0.25)
     jobs = _jobs(_smk(project, "-n", "all"))
-    assert jobs.get("bank") == 1 and jobs.get("score") == 1, jobs
+    assert jobs.get("fit") == 1 and jobs.get("score") == 1, jobs
     assert not any(rule.startswith("extract_") for rule in jobs), jobs
     _smk(project, "all")
     assert (project / "results/domainC_ungated.json").read_bytes() == before
+
+    # another method on the same experiment: fit/score/metrics again, zero extraction jobs;
+    # the metrics record the method and its options
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["experiments"]["gated"]["method"] = {"name": "padim", "n_features": 20}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    jobs = _jobs(_smk(project, "-n", "results/domainC_gated.json"))
+    assert jobs == {"fit": 1, "score": 1, "metrics": 1}, jobs
+    _smk(project, "results/domainC_gated.json")
+    padim = json.loads((project / "results/domainC_gated.json").read_text())
+    assert padim["method"] == "padim" and padim["params"]["method"]["n_features"] == 20
+    assert set(padim["counts"]["bank"]) == {"cold", "warm"}
+    params["experiments"]["gated"]["method"] = {"name": "patchcore", "coreset_ratio": 0.25,
+                                                "num_neighbors": 3}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     # a new CPD experiment over the cached backbone runs no extraction either
     params = yaml.safe_load((project / "params.yaml").read_text())
@@ -189,7 +181,7 @@ def test_dag_runs_and_reruns_only_what_changed(project: Path):
                                         "context": {"radius": [3], "aggregation": "median"}}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     jobs = _jobs(_smk(project, "-n", "results/domainC_cpd_new.json"))
-    assert jobs.get("bank") == 1 and jobs.get("metrics") == 1, jobs
+    assert jobs.get("fit") == 1 and jobs.get("metrics") == 1, jobs
     assert not any(rule.startswith("extract_") for rule in jobs), jobs
     params["experiments"].pop("cpd_new")
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -219,14 +211,14 @@ def test_dvc_repro_after_bank_param_change_runs_no_extraction(project: Path):
     _set_ratio(project, "ungated", 0.3)
     out = _run(["dvc", "repro"], project)
     assert "extract_" not in out, out[-3000:]
-    assert re.search(r"rule bank:|localrule bank:", out), out[-3000:]
+    assert re.search(r"rule fit:|localrule fit:", out), out[-3000:]
     assert "Stage 'synthesize' didn't change" in out
 
     # the documented sweep style: dvc exp run -S on a committed project
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     _run([*git, "add", "-A"], project)
     _run([*git, "commit", "-qm", "base"], project)
-    out = _run(["dvc", "exp", "run", "-S", "experiments.gated.coreset_ratio=0.3"], project)
+    out = _run(["dvc", "exp", "run", "-S", "experiments.gated.method.coreset_ratio=0.3"], project)
     assert "extract_" not in out, out[-3000:]
     exps = _run(["dvc", "exp", "show", "--json"], project)
     assert "0.3" in exps and "domainC_gated" in exps
@@ -244,7 +236,7 @@ def test_real_hdmap_root_tracked_with_dvc_add(tmp_path_factory):
     from hdmap_ad.data.synth import write_domain
 
     root = tmp_path_factory.mktemp("real")
-    _copy_project(root)
+    copy_project(root)
     data = "datasets/HDMAP/1000_tiff_minmax"
     write_domain("C", SynthConfig(seed=3, n_train=6, n_test_good=12, n_test_fault=12),
                  root / data / "domain_C")

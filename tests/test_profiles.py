@@ -8,22 +8,22 @@ import subprocess
 
 import pytest
 
-from tests.test_pipeline import REPO, _copy_project, _env
+from tests.conftest import REPO, copy_project, project_env
 
 
 @pytest.mark.skipif(importlib.util.find_spec("snakemake_executor_plugin_slurm") is None,
                     reason="snakemake-executor-plugin-slurm not installed (dev extra)")
 def test_slurm_profile_dry_run(tmp_path):
-    _copy_project(tmp_path)
+    copy_project(tmp_path)
     shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
     proc = subprocess.run(
         ["snakemake", "--profile", "profiles/slurm", "-n", "results/domainC_gated.json"],
-        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True,
+        cwd=tmp_path, env=project_env(tmp_path), capture_output=True, text=True,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     block = out[out.index("rule extract_effnet_lite2:"):].split("\n\n")[0]
     assert "gpu=1" in block and "slurm_partition=gpu" in block, block
     assert "localrule" not in block
-    for rule in ("synthesize", "manifest", "bank", "score", "metrics"):
+    for rule in ("synthesize", "manifest", "fit", "score", "metrics"):
         assert f"rule {rule}:" in out

@@ -1,4 +1,3 @@
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,6 +8,7 @@ from hdmap_ad.banks.references import scored_rows, select_references
 from hdmap_ad.config import ReferenceConfig
 from hdmap_ad.data.manifest import read_manifest, scan_domain, write_manifest
 from hdmap_ad.errors import InputError
+from tests.conftest import write_domain
 
 
 def _manifest(n_train=10, n_test=8) -> pd.DataFrame:
@@ -60,18 +60,8 @@ def test_too_many_references_names_the_key():
                           "experiments.g.references")
 
 
-def _write_domain(root: Path, n_test=4, shape=(31, 95)) -> Path:
-    rng = np.random.default_rng(0)
-    for sub, n in (("train/good", 3), ("test/good", n_test), ("test/fault", n_test)):
-        d = root / sub
-        d.mkdir(parents=True)
-        for i in range(n):
-            tifffile.imwrite(d / f"{i:06d}.tiff", rng.random(shape, dtype=np.float32))
-    return root
-
-
 def test_manifest_scan_and_round_trip(tmp_path):
-    root = _write_domain(tmp_path / "domain_X")
+    root = write_domain(tmp_path / "domain_X")
     m = scan_domain(root)
     assert len(m) == 3 + 4 + 4
     test = m[m.split == "test"]
@@ -87,8 +77,8 @@ def test_manifest_scan_and_round_trip(tmp_path):
 
 def test_manifest_rejects_odd_test_count_and_shape_mismatch(tmp_path):
     with pytest.raises(InputError, match="even count"):
-        scan_domain(_write_domain(tmp_path / "odd", n_test=3))
-    root = _write_domain(tmp_path / "shape")
+        scan_domain(write_domain(tmp_path / "odd", n_test=3))
+    root = write_domain(tmp_path / "shape")
     tifffile.imwrite(root / "test/good/000001.tiff", np.zeros((30, 95), np.float32))
     with pytest.raises(InputError, match=r"000001\.tiff: shape"):
         scan_domain(root)

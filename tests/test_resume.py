@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_pipeline import _copy_project, _env
+from tests.conftest import copy_project, project_env
 
 pytestmark = pytest.mark.slow
 
@@ -47,8 +47,8 @@ PARAMS = {
             "layers": LAYERS,
             "references": {"protocol": "test_good_holdout", "n_cold": 2, "n_warm": 2},
             "gate": "mixed",
-            "coreset_ratio": 0.25,
-            "num_neighbors": 3,
+            "method": {"name": "patchcore", "coreset_ratio": 0.25,
+                       "num_neighbors": 3},
         },
     },
     "targets": {"experiments": ["ungated"]},
@@ -60,14 +60,14 @@ SMK = ["snakemake", "--cores", "1", "--profile", "profiles/default"]
 
 def _project(root: Path) -> Path:
     root.mkdir()
-    _copy_project(root)
+    copy_project(root)
     (root / "params.yaml").write_text(yaml.safe_dump(PARAMS, sort_keys=False))
     return root
 
 
 def _smk(cwd: Path, *args: str) -> str:
-    proc = subprocess.run([*SMK, *args], cwd=cwd, env=_env(cwd), capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([*SMK, *args], cwd=cwd, env=project_env(cwd), capture_output=True,
+                          text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"snakemake {' '.join(args)} failed:\n{out[-4000:]}"
     return out
@@ -92,8 +92,9 @@ def _results(project: Path) -> dict[str, bytes]:
 def test_killed_extraction_resumes_with_identical_results(tmp_path):
     project = _project(tmp_path / "interrupted")
     finals = [project / FEATURES / f"{layer}.parquet" for layer in LAYERS]
-    proc = subprocess.Popen([*SMK, "all"], cwd=project, env=_env(project), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([*SMK, "all"], cwd=project, env=project_env(project),
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     pgid = os.getpgid(proc.pid)
     caught: list[Path] = []
     try:

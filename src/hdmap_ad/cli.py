@@ -39,6 +39,12 @@ def cmd_validate(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_methods(args: argparse.Namespace) -> None:
+    from hdmap_ad.methods import methods_markdown
+
+    print(methods_markdown(), end="")
+
+
 def cmd_synth(args: argparse.Namespace) -> None:
     from hdmap_ad.config import SynthConfig
     from hdmap_ad.data.synth import write_domain
@@ -87,93 +93,24 @@ def _experiment(args: argparse.Namespace):
     return ExperimentConfig.from_dict(spec.pop("key"), spec)
 
 
-def cmd_bank(args: argparse.Namespace) -> None:
-    from hdmap_ad.banks.bank import bank_metadata, build_bank, save_bank, write_bank_metadata
-    from hdmap_ad.banks.references import select_references
-    from hdmap_ad.data.manifest import read_manifest
-    from hdmap_ad.features.descriptors import DescriptorSource
-    from hdmap_ad.provenance import provenance
+def cmd_fit(args: argparse.Namespace) -> None:
+    from hdmap_ad.banks.bank import fit_experiment
 
-    exp = _experiment(args)
-    manifest = read_manifest(args.manifest)
-    refs = select_references(manifest, exp.references, f"experiments.{exp.key}.references")
-    where = f"experiments.{exp.key}"
-    desc = DescriptorSource(args.features, refs.image_id.tolist(), exp.descriptor, where)()
-    banks, sources, fit, assignment = build_bank(refs, desc, exp, _device(args.device))
-    meta = bank_metadata(exp, refs, assignment, fit, banks, desc.shape[1:3])
-    meta["provenance"] = provenance(args.domain, manifest, args.features)
-    save_bank(args.out, banks, sources, refs.image_id.tolist())
-    write_bank_metadata(args.meta, meta)
+    fit_experiment(_experiment(args), args.manifest, args.features, args.domain, args.out,
+                   args.meta, _device(args.device))
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    from hdmap_ad.banks.bank import GateFit, load_bank
-    from hdmap_ad.banks.references import scored_rows
-    from hdmap_ad.data.manifest import read_manifest
-    from hdmap_ad.features.descriptors import DescriptorSource
-    from hdmap_ad.io import read_json
-    from hdmap_ad.scoring.knn import BankIndex
-    from hdmap_ad.scoring.score import (
-        experiment_decisions,
-        reference_cv_scores,
-        score_routed,
-        scores_table,
-        write_scores,
-    )
+    from hdmap_ad.scoring.score import score_experiment
 
-    exp = _experiment(args)
-    where = f"experiments.{exp.key}"
-    meta = read_json(args.meta)
-    fit = GateFit(meta["gate"]["threshold"], meta["gate"]["fit"])
-    manifest = read_manifest(args.manifest)
-    ref_ids = [r["image_id"] for r in meta["references"]]
-    refs = manifest.set_index("image_id").loc[ref_ids].reset_index()
-    test = scored_rows(manifest, refs, exp.references.protocol)
-    device = _device(args.device)
-    indexes = {name: BankIndex(b, exp.search, device)
-               for name, b in load_bank(args.bank).items()}
-    decisions = experiment_decisions(exp, test, fit)
-    scores, patches, used = score_routed(
-        DescriptorSource(args.features, test.image_id.tolist(), exp.descriptor, where, stream=True),
-        decisions, indexes, exp.num_neighbors,
-    )
-    ref_desc = DescriptorSource(args.features, ref_ids, exp.descriptor, where)()
-    cv_scores, cv_patches, cv_dec, cv_used = reference_cv_scores(refs, ref_desc, exp, fit)
-    write_scores(
-        args.out,
-        [
-            scores_table(test, "test", decisions, used, scores, patches),
-            # no held-out scores with one reference or deploy_folds 0
-            scores_table(refs.iloc[: len(cv_scores)], "reference_cv", cv_dec, cv_used,
-                         cv_scores, cv_patches),
-        ],
-        {"experiment": exp.to_dict(), "gate": meta["gate"],
-         "provenance": meta.get("provenance")},
-    )
+    score_experiment(_experiment(args), args.manifest, args.features, args.model, args.meta,
+                     args.out, _device(args.device), progress=not args.quiet)
 
 
 def cmd_metrics(args: argparse.Namespace) -> None:
-    import pyarrow.parquet as pq
+    from hdmap_ad.metrics.report import metrics_step
 
-    from hdmap_ad.data.manifest import read_manifest
-    from hdmap_ad.io import read_json, write_json
-    from hdmap_ad.metrics.pixel import masked_pixel_metrics
-    from hdmap_ad.metrics.report import build_metrics
-    from hdmap_ad.provenance import provenance
-
-    table = pq.read_table(args.scores)
-    scores = table.drop_columns(["patch_scores"]).to_pandas()
-    meta = read_json(args.meta)
-    manifest = read_manifest(args.manifest)
-    prov = provenance(args.domain, manifest, args.features)
-    test = (scores.role == "test").to_numpy()
-    masks = manifest.set_index("image_id").loc[scores.image_id[test], "mask_path"]
-    shape = next(iter(prov["features"].values()))["map_shape"][:2]
-    pixel = masked_pixel_metrics(
-        table.column("patch_scores").combine_chunks().to_numpy_ndarray()[test],
-        masks.tolist(), (scores.label[test] == "good").to_numpy(), tuple(shape),
-    )
-    write_json(args.out, build_metrics(scores, meta, prov, pixel))
+    metrics_step(args.scores, args.meta, args.manifest, args.features, args.domain, args.out)
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
@@ -229,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--params", default="params.yaml")
     s.set_defaults(func=cmd_validate)
 
+    s = sub.add_parser("methods", help="the registered methods and their options (markdown)")
+    s.set_defaults(func=cmd_methods)
+
     s = sub.add_parser("synth", help="write one synthetic HDMAP domain")
     s.add_argument("--domain", required=True, help="A | B | C | D")
     s.add_argument("--spec", required=True, help="JSON of dataset.synthetic")
@@ -250,22 +190,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_extract)
 
-    for name, helptext in (("bank", "build a gated or ungated coreset bank"),
-                           ("score", "score the test maps of a domain")):
-        s = sub.add_parser(name, help=helptext)
+    for name, helptext in (
+        ("fit", "fit the experiment's method: one sub-model per condition (or one mixed)"),
+        ("score", "score the test maps of a domain with a fitted experiment"),
+    ):
+        # ``bank`` / ``--bank``: the names of these before methods other than PatchCore
+        s = sub.add_parser(name, help=helptext, aliases=["bank"] if name == "fit" else [])
         s.add_argument("--manifest", required=True)
         s.add_argument("--features", nargs="+", required=True, help="per-layer caches")
         s.add_argument("--spec", required=True, help="JSON of one experiments entry (with key)")
-        s.add_argument("--meta", required=True, help="bank metadata JSON")
+        s.add_argument("--meta", required=True, help="model metadata JSON")
         s.add_argument("--domain", default="", help="domain name recorded in provenance")
         if name == "score":
-            s.add_argument("--bank", required=True)
+            s.add_argument("--model", "--bank", dest="model", required=True,
+                           help="model folder written by the fit step")
+            s.add_argument("--quiet", action="store_true", help="no progress bar")
         s.add_argument("--device", default="cpu", help=(
-            "cpu | cuda | auto: where the coreset selection runs" if name == "bank" else
+            "cpu | cuda | auto: where the fit runs (PatchCore: the coreset selection)"
+            if name == "fit" else
             "cpu | cuda | auto: exact test-set search on a GPU when faiss has GPU support "
             "(faiss-cpu: always the CPU)"))
-        s.add_argument("--out", required=True)
-        s.set_defaults(func=cmd_bank if name == "bank" else cmd_score)
+        s.add_argument("--out", required=True,
+                       help="model folder to write" if name == "fit" else "scores Parquet")
+        s.set_defaults(func=cmd_fit if name == "fit" else cmd_score)
 
     s = sub.add_parser("metrics", help="metrics JSON of one domain x experiment")
     s.add_argument("--scores", required=True)

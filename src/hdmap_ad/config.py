@@ -11,19 +11,22 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from hdmap_ad.banks.coreset import DEFAULT_PROJ_DIM
+from hdmap_ad.banks.gate import GATE_MODES
 from hdmap_ad.errors import InputError
 from hdmap_ad.features.context import ContextConfig
-from hdmap_ad.features.descriptors import DescriptorConfig
-from hdmap_ad.scoring.knn import SearchConfig
+from hdmap_ad.methods import MethodConfig, method_schema
+
+if TYPE_CHECKING:
+    from hdmap_ad.features.descriptors import DescriptorConfig
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
 
-GATES = ("mixed", "oracle", "p90", "random", "inverse", "both-min", "fallback")
+#: Experiment keys that moved into the ``method`` block (PatchCore's options).
+MOVED_TO_METHOD = ("coreset_ratio", "coreset_proj_dim", "num_neighbors", "search")
 PROTOCOLS = ("train", "test_good_holdout", "user_leaky", "full")
 RESIZE_MODES = ("nearest", "bilinear", "aspect-pad")
 WEIGHT_SOURCES = ("timm", "file", "package", "random")
@@ -208,7 +211,11 @@ class ReferenceConfig:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """One PatchCore variant: backbone layers, references, gate, coreset and scoring."""
+    """One run: backbone layers, descriptors, references, gate and method (with its options).
+
+    ``method`` is any registered method (``hdmap_ad.methods``); the gate wraps it: ``mixed``
+    fits one sub-model, every other gate one per condition.
+    """
 
     key: str
     backbone: str
@@ -216,14 +223,11 @@ class ExperimentConfig:
     references: ReferenceConfig
     gate: str = "mixed"
     gate_margin: float = 0.02
-    coreset_ratio: float = 0.1
-    coreset_proj_dim: int | None = DEFAULT_PROJ_DIM
-    num_neighbors: int = 9
+    method: MethodConfig = field(default_factory=MethodConfig)
     seed: int = 0
     deploy_folds: int = 4
     project_dim: int | None = None
     context: ContextConfig = field(default_factory=ContextConfig)
-    search: SearchConfig = field(default_factory=SearchConfig)
 
     @classmethod
     def from_dict(cls, key: str, data: dict[str, Any]) -> ExperimentConfig:
@@ -235,25 +239,32 @@ class ExperimentConfig:
             data.get("references", {}), f"{where}.references"
         )
         data["context"] = ContextConfig.from_dict(data.get("context") or {}, f"{where}.context")
-        data["search"] = SearchConfig.from_dict(data.get("search"), f"{where}.search")
+        moved = [k for k in MOVED_TO_METHOD if k in data]
+        if moved:
+            raise InputError(f"{where}.{moved[0]}: PatchCore's options moved into the method "
+                             f"block: write `method: {{name: patchcore, {moved[0]}: ...}}`")
+        method = data.get("method")
+        if isinstance(method, dict):
+            data["method"] = MethodConfig.from_dict(method, f"{where}.method")
+        elif method is None:
+            data["method"] = MethodConfig()
+        else:
+            raise InputError(f"{where}.method: expected a mapping {{name: <method>, ...}}")
         cfg = _build(cls, data, where)
-        if cfg.gate not in GATES:
-            raise InputError(f"{where}.gate: {cfg.gate!r} is not one of {GATES}")
-        if not 0.0 < cfg.coreset_ratio <= 1.0:
-            raise InputError(f"{where}.coreset_ratio: {cfg.coreset_ratio} is not in (0, 1]")
-        if cfg.coreset_proj_dim is not None and cfg.coreset_proj_dim < 1:
-            raise InputError(f"{where}.coreset_proj_dim: {cfg.coreset_proj_dim} must be >= 1 "
-                             "or null (exact distances)")
-        if cfg.num_neighbors < 1:
-            raise InputError(f"{where}.num_neighbors: must be >= 1")
+        if cfg.gate not in GATE_MODES:
+            raise InputError(f"{where}.gate: {cfg.gate!r} is not one of {GATE_MODES}")
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["method"] = self.method.to_dict()
+        return out
 
     @property
     def descriptor(self) -> DescriptorConfig:
         """How bank and query descriptors are built from the cached layers."""
+        from hdmap_ad.features.descriptors import DescriptorConfig
+
         return DescriptorConfig(project_dim=self.project_dim, context=self.context)
 
 
@@ -314,6 +325,10 @@ def validate_params(raw: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> Non
     import jsonschema
 
     schema = yaml.safe_load(schema_path.read_text())
+    # enums and option blocks that the code defines are filled in from it (one source)
+    exp_props = schema["definitions"]["experiment"]["properties"]
+    exp_props["gate"] = {"enum": list(GATE_MODES)}
+    exp_props["method"] = method_schema()
     validator = jsonschema.Draft7Validator(schema)
     errors = sorted(validator.iter_errors(raw), key=lambda e: list(e.absolute_path))
     if errors:
@@ -357,8 +372,19 @@ def expand_sweep(
     return out, tuple(variants)
 
 
+def _check_moved_keys(raw: dict[str, Any]) -> None:
+    """Name keys of an older params layout before the schema reports them as unexpected."""
+    for key, exp in (raw.get("experiments") or {}).items():
+        moved = [k for k in MOVED_TO_METHOD if isinstance(exp, dict) and k in exp]
+        if moved:
+            raise InputError(
+                f"params: experiments.{key}.{moved[0]}: PatchCore's options moved into the "
+                f"method block: write `method: {{name: patchcore, {moved[0]}: ...}}`")
+
+
 def parse_params(raw: dict[str, Any]) -> Params:
     """Build and cross-check :class:`Params` from a validated params dict."""
+    _check_moved_keys(raw)
     validate_params(raw)
     backbones = {k: BackboneConfig.from_dict(k, v) for k, v in raw["backbones"].items()}
     experiments: dict[str, ExperimentConfig] = {}
@@ -449,6 +475,8 @@ def load_params(path: str | Path) -> Params:
 
 def spec_json(obj: Any) -> str:
     """Canonical JSON of a config (sorted keys): the string Snakemake tracks as a param."""
-    if hasattr(obj, "__dataclass_fields__"):
+    if hasattr(obj, "to_dict"):
+        obj = obj.to_dict()
+    elif hasattr(obj, "__dataclass_fields__"):
         obj = asdict(obj)
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))

@@ -91,6 +91,7 @@ def target_entries():
     """Every concrete run behind the targets, for summary.csv."""
     return [
         {"target": f"{RESULT_PREFIX}{d}_{v.key}", "domain": d, "experiment": name,
+         "method": PARAMS.experiments[v.key].method.name, "gate": PARAMS.experiments[v.key].gate,
          "variant": v.key, "budget": v.budget, "seed": v.seed}
         for name in PARAMS.target_experiments
         for d in PARAMS.domains
@@ -142,8 +143,9 @@ def report_entries():
     """Domain x target experiment (sweeps are reported by their tables)."""
     return [
         {"domain": d, "label": f"{RESULT_PREFIX}{d}", "experiment": e,
+         "method": PARAMS.experiments[e].method.name, "gate": PARAMS.experiments[e].gate,
          "scores": scores_path(d, e), "metrics": result_path(d, e),
-         "bank_meta": f"{WORK}/banks/domain_{d}/{e}.json",
+         "bank_meta": f"{WORK}/models/domain_{d}/{e}.json",
          "manifest": f"{WORK}/manifests/domain_{d}.parquet",
          "has_conditions": DATASET.has_conditions}
         for d in PARAMS.domains

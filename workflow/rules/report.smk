@@ -2,10 +2,10 @@
 rule metrics:
     input:
         scores=f"{WORK}/scores/domain_{{domain}}/{{experiment}}.parquet",
-        meta=f"{WORK}/banks/domain_{{domain}}/{{experiment}}.json",
+        meta=f"{WORK}/models/domain_{{domain}}/{{experiment}}.json",
         manifest=manifest_path,
         features=experiment_features,
-        code=code("metrics", "provenance.py", "cli.py"),
+        code=code("metrics", "methods/__init__.py", "provenance.py", "cli.py"),
     output:
         f"results/{RESULT_PREFIX}{{domain}}_{{experiment}}.json",
     log:

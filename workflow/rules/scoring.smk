@@ -3,10 +3,11 @@ rule score:
     input:
         manifest=manifest_path,
         features=experiment_features,
-        bank=f"{WORK}/banks/domain_{{domain}}/{{experiment}}.parquet",
-        meta=f"{WORK}/banks/domain_{{domain}}/{{experiment}}.json",
+        model=f"{WORK}/models/domain_{{domain}}/{{experiment}}",
+        meta=f"{WORK}/models/domain_{{domain}}/{{experiment}}.json",
         code=code(
-            "scoring", "banks", "features/descriptors.py", "features/context.py", "cli.py"
+            "scoring", "banks", "methods", "options.py", "features/descriptors.py",
+            "features/context.py", "features/cache.py", "config.py", "io.py", "cli.py",
         ),
     output:
         f"{WORK}/scores/domain_{{domain}}/{{experiment}}.parquet",
@@ -17,7 +18,7 @@ rule score:
     log:
         f"{WORK}/logs/score/{{domain}}_{{experiment}}.log",
     shell:
-        "OMP_NUM_THREADS={threads} python -m hdmap_ad score --manifest {input.manifest} "
-        "--domain {wildcards.domain} --features {input.features} --bank {input.bank} "
-        "--meta {input.meta} --device {params.device} "
-        "--spec {params.spec:q} --out {output} 2> {log}"
+        "OMP_NUM_THREADS={threads} python -m hdmap_ad score --manifest {input.manifest:q} "
+        "--domain {wildcards.domain} --features {input.features:q} --model {input.model:q} "
+        "--meta {input.meta:q} --device {params.device} "
+        "--spec {params.spec:q} --out {output:q} 2> {log:q}"

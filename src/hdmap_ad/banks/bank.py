@@ -1,9 +1,11 @@
-"""Gated and ungated memory banks: build from reference descriptors, store, load.
+"""The gate around any method: fit one sub-model per condition (or one mixed), store, load.
 
-A bank is a dict of sub-banks ``{name: (M, D) float32}``: ``{"mixed": ...}`` for an ungated
-bank, ``{"cold": ..., "warm": ...}`` for a gated one. Stored as one Parquet file (one row per
-kept patch: ``bank``, ``ref_id``, ``patch``, ``feature``) plus a JSON file describing how it
-was made (references, gate fit, sizes before and after the coreset).
+An experiment's fitted state is a dict of sub-models ``{name: FittedModel}``: ``{"mixed":
+...}`` ungated, ``{"cold": ..., "warm": ...}`` gated, each fit by the experiment's method
+(``hdmap_ad.methods``) on its own references only. Stored as a folder with one file set per
+sub-model (``<name>.npz`` + ``<name>.json``) plus a JSON file describing how it was made
+(references, gate fit, method, sizes). Historically "bank" (PatchCore's memory bank): the
+word stays for the sub-model of any method.
 """
 
 from __future__ import annotations
@@ -14,10 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from hdmap_ad.banks.coreset import greedy_coreset
 from hdmap_ad.banks.gate import (
     COLD,
     MIXED,
@@ -28,7 +27,8 @@ from hdmap_ad.banks.gate import (
 )
 from hdmap_ad.config import ExperimentConfig
 from hdmap_ad.errors import InputError
-from hdmap_ad.io import write_json, write_table
+from hdmap_ad.io import atomic_dir, write_json
+from hdmap_ad.methods import FitContext, FittedModel, load_model, save_model
 
 
 @dataclass(frozen=True)
@@ -66,79 +66,56 @@ def assign_references(refs: pd.DataFrame, mode: str, fit: GateFit) -> np.ndarray
     return out
 
 
-def build_sub_banks(
+def fit_sub_models(
     desc: np.ndarray, assignment: np.ndarray, exp: ExperimentConfig, device: str = "cpu"
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Coreset-subsample each sub-bank.
+) -> dict[str, FittedModel]:
+    """Fit the experiment's method once per sub-model, each on its own references only.
 
     Args:
         desc: ``(N, H, W, D)`` reference descriptors.
-        assignment: ``(N,)`` sub-bank name per reference.
-        exp: the experiment; its ``coreset_ratio``, ``seed`` and ``coreset_proj_dim`` drive
-            the coreset.
-        device: ``cuda`` runs the coreset selection on the GPU (see ``greedy_coreset``).
+        assignment: ``(N,)`` sub-model name per reference (``mixed``, or ``cold``/``warm``).
+        exp: the experiment; its ``method`` (name and options) and ``seed`` drive the fit.
+        device: resolved device (``cpu`` | ``cuda``) for methods that can use a GPU.
 
     Returns:
-        ``(banks, sources)``: ``banks[name]`` is ``(M, D)`` float32; ``sources[name]`` is
-        ``(M, 2)`` int64 of (reference position, patch index) for every kept patch.
+        sub-model name -> fitted model, in sorted name order.
     """
-    n, h, w, d = desc.shape
-    banks, sources = {}, {}
+    method = exp.method.method
+    models = {}
     for name in sorted(set(assignment)):
         pos = np.flatnonzero(assignment == name)
-        patches = desc[pos].reshape(-1, d)
-        keep = np.sort(greedy_coreset(patches, exp.coreset_ratio, exp.seed,
-                                         proj_dim=exp.coreset_proj_dim, device=device))
-        banks[name] = np.ascontiguousarray(patches[keep])
-        sources[name] = np.stack([pos[keep // (h * w)], keep % (h * w)], axis=1)
-    return banks, sources
+        ctx = FitContext(seed=exp.seed, device=device, where=f"experiments.{exp.key}.method",
+                         ref_ids=tuple(str(i) for i in pos))
+        models[name] = method.fit(desc[pos], exp.method.options, ctx)
+    return models
 
 
-def save_bank(
-    path: str | Path,
-    banks: dict[str, np.ndarray],
-    sources: dict[str, np.ndarray],
-    ref_ids: list[str],
-) -> None:
-    """Write sub-banks to one Parquet file atomically."""
-    names, rid, patch, feats = [], [], [], []
-    for name, bank in banks.items():
-        names += [name] * len(bank)
-        rid += [ref_ids[i] for i in sources[name][:, 0]]
-        patch.append(sources[name][:, 1])
-        feats.append(bank)
-    d = next(iter(banks.values())).shape[1]
-    flat = pa.array(np.concatenate(feats).reshape(-1), type=pa.float32())
-    table = pa.table(
-        {
-            "bank": pa.array(names, type=pa.string()),
-            "ref_id": pa.array(rid, type=pa.string()),
-            "patch": pa.array(np.concatenate(patch).astype(np.int32)),
-            "feature": pa.FixedSizeListArray.from_arrays(flat, d),
-        }
-    )
-    write_table(path, table)
+def save_models(folder: str | Path, models: dict[str, FittedModel], exp: ExperimentConfig) -> None:
+    """Write every sub-model into ``folder`` (replaced as a whole, atomically)."""
+    with atomic_dir(folder) as tmp:
+        for name, model in models.items():
+            save_model(tmp, name, exp.method.method, exp.method.options, model)
 
 
-def load_bank(path: str | Path) -> dict[str, np.ndarray]:
-    """Read sub-banks written by :func:`save_bank`: ``{name: (M, D) float32}``."""
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:
-        raise InputError(f"{path}: cannot read memory bank ({exc})") from None
-    feat = table.column("feature").combine_chunks()
-    d = feat.type.list_size
-    values = feat.flatten().to_numpy(zero_copy_only=False).reshape(-1, d)
-    names = np.asarray(table.column("bank").to_pylist(), dtype=object)
-    return {n: np.ascontiguousarray(values[names == n]) for n in sorted(set(names))}
+def load_models(folder: str | Path, meta: dict[str, Any], exp: ExperimentConfig,
+                device: str = "cpu") -> dict[str, FittedModel]:
+    """Read the sub-models named in the model metadata ``meta`` from ``folder``."""
+    method = exp.method.method
+    if meta["experiment"].get("method") != exp.method.to_dict():
+        raise InputError(f"{folder}: fitted with method {meta['experiment'].get('method')}, "
+                         f"but experiments.{exp.key}.method is {exp.method.to_dict()}; "
+                         "re-run the fit step")
+    ctx = FitContext(seed=exp.seed, device=device, where=f"experiments.{exp.key}.method")
+    return {name: load_model(folder, name, method, exp.method.options, ctx)
+            for name in sorted(meta["sub_banks"])}
 
 
 def build_bank(
     refs: pd.DataFrame, desc: np.ndarray, exp: ExperimentConfig, device: str = "cpu"
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], GateFit, np.ndarray]:
-    """Fit the gate on ``refs``, assign each to a sub-bank and coreset-subsample.
+) -> tuple[dict[str, FittedModel], GateFit, np.ndarray]:
+    """Fit the gate on ``refs``, assign each to a sub-model and fit the method on each.
 
-    Returns ``(banks, sources, gate_fit, assignment)``.
+    Returns ``(models, gate_fit, assignment)``.
     """
     fit = fit_gate(refs, exp.gate)
     assignment = assign_references(refs, exp.gate, fit)
@@ -150,8 +127,15 @@ def build_bank(
                     f"(gate {exp.gate}, threshold {fit.threshold}); add references of both "
                     "conditions or use gate: mixed"
                 )
-    banks, sources = build_sub_banks(desc, assignment, exp, device)
-    return banks, sources, fit, assignment
+    method = exp.method.method
+    for name in sorted(set(assignment)):
+        n = int((assignment == name).sum())
+        if n < method.min_references(exp.method.options):
+            raise InputError(
+                f"experiments.{exp.key}.method: {method.name} needs at least "
+                f"{method.min_references(exp.method.options)} references per sub-model; "
+                f"sub-model {name!r} has {n}")
+    return fit_sub_models(desc, assignment, exp, device), fit, assignment
 
 
 def bank_metadata(
@@ -159,21 +143,27 @@ def bank_metadata(
     refs: pd.DataFrame,
     assignment: np.ndarray,
     fit: GateFit,
-    banks: dict[str, np.ndarray],
-    grid: tuple[int, int],
+    models: dict[str, FittedModel],
+    shape: tuple[int, int, int],
 ) -> dict[str, Any]:
-    """JSON-ready description of a bank."""
+    """JSON-ready description of a fitted experiment (gate, sub-models, references).
+
+    ``shape`` is the descriptors' ``(H, W, D)``. ``sub_banks`` gives, per sub-model, the
+    reference patches it was fit on and the method's own counts (PatchCore: ``kept``).
+    """
+    grid = shape[:2]
     per_bank_patches = {
-        name: int((assignment == name).sum()) * grid[0] * grid[1] for name in banks
+        name: int((assignment == name).sum()) * grid[0] * grid[1] for name in models
     }
     return {
         "experiment": exp.to_dict(),
+        "method": exp.method.name,
         "gate": {"mode": exp.gate, "threshold": fit.threshold, "fit": fit.method},
         "grid": list(grid),
-        "dim": int(next(iter(banks.values())).shape[1]),
+        "dim": int(shape[2]),
         "sub_banks": {
-            name: {"patches": per_bank_patches[name], "kept": int(len(b))}
-            for name, b in banks.items()
+            name: {"patches": per_bank_patches[name], **m.counts()}
+            for name, m in models.items()
         },
         "references": [
             {"image_id": i, "condition": c, "sub_bank": a, "p90": round(float(p), 6)}
@@ -184,3 +174,23 @@ def bank_metadata(
 
 def write_bank_metadata(path: str | Path, meta: dict[str, Any]) -> None:
     write_json(path, meta)
+
+
+def fit_experiment(exp: ExperimentConfig, manifest_path: str, feature_paths: list[str],
+                   domain: str, model_dir: str, meta_path: str, device: str = "cpu") -> None:
+    """The ``fit`` step: pick the references, fit the gate and one sub-model per condition
+    (or one mixed), write the model folder and its metadata JSON."""
+    from hdmap_ad.banks.references import select_references
+    from hdmap_ad.data.manifest import read_manifest
+    from hdmap_ad.features.descriptors import DescriptorSource
+    from hdmap_ad.provenance import provenance
+
+    where = f"experiments.{exp.key}"
+    manifest = read_manifest(manifest_path)
+    refs = select_references(manifest, exp.references, f"{where}.references")
+    desc = DescriptorSource(feature_paths, refs.image_id.tolist(), exp.descriptor, where)()
+    models, fit, assignment = build_bank(refs, desc, exp, device)
+    meta = bank_metadata(exp, refs, assignment, fit, models, desc.shape[1:4])
+    meta["provenance"] = provenance(domain, manifest, feature_paths)
+    save_models(model_dir, models, exp)
+    write_bank_metadata(meta_path, meta)

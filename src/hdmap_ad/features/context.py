@@ -21,8 +21,6 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from hdmap_ad.errors import InputError
 
@@ -365,6 +363,9 @@ def project_channels(desc: np.ndarray, dim: int) -> np.ndarray:
     if dim > width:
         raise InputError(f"project_channels: dim {dim} > descriptor width {width}")
     n, h, w, _ = desc.shape
+    import torch  # here, not at the top: parsing params (ContextConfig) needs no torch
+    import torch.nn.functional as F
+
     t = torch.from_numpy(desc.reshape(n * h * w, 1, width))
     with torch.no_grad():
         out = F.adaptive_avg_pool1d(t, int(dim))

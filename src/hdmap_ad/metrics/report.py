@@ -69,6 +69,7 @@ def build_metrics(
                                                     deploy_thr)
     metrics = {
         "experiment": exp["key"],
+        "method": exp["method"]["name"],
         "metrics": overall,
         "pixel": pixel,
         "per_condition": per_condition,
@@ -77,9 +78,12 @@ def build_metrics(
             "best_note": "tuned on the test scores themselves (for comparison only)",
             "deployable": deploy_thr,
             "deployable_note": (
-                "max reference score from banks built without that reference "
-                f"({exp['deploy_folds']}-fold, stratified by sub-bank); "
+                "max reference score from sub-models fit without that reference "
+                f"({exp['deploy_folds']}-fold, stratified by sub-model); "
                 "fit on references only"
+                if deploy_thr is not None else
+                "unavailable: no reference could be scored by a model fit without it "
+                "(deploy_folds 0, or too few references)"
             ),
         },
         "gate": gate_summary(test, exp["gate"] != "mixed") | {
@@ -101,3 +105,32 @@ def build_metrics(
         "provenance": provenance,
     }
     return round_floats(metrics)
+
+
+def metrics_step(scores_path: str, meta_path: str, manifest_path: str,
+                 feature_paths: list[str], domain: str, out: str) -> None:
+    """The ``metrics`` step: image metrics, pixel metrics where masks exist and the method
+    localizes, gate summary and provenance, written as one JSON."""
+    import pyarrow.parquet as pq
+
+    from hdmap_ad.data.manifest import read_manifest
+    from hdmap_ad.io import read_json, write_json
+    from hdmap_ad.methods import get_method
+    from hdmap_ad.metrics.pixel import masked_pixel_metrics
+    from hdmap_ad.provenance import provenance
+
+    table = pq.read_table(scores_path)
+    scores = table.drop_columns(["patch_scores"]).to_pandas()
+    meta = read_json(meta_path)
+    manifest = read_manifest(manifest_path)
+    prov = provenance(domain, manifest, feature_paths)
+    test = (scores.role == "test").to_numpy()
+    pixel = None
+    if get_method(meta["experiment"]["method"]["name"]).localizes:
+        masks = manifest.set_index("image_id").loc[scores.image_id[test], "mask_path"]
+        shape = next(iter(prov["features"].values()))["map_shape"][:2]
+        pixel = masked_pixel_metrics(
+            table.column("patch_scores").combine_chunks().to_numpy_ndarray()[test],
+            masks.tolist(), (scores.label[test] == "good").to_numpy(), tuple(shape),
+        )
+    write_json(out, build_metrics(scores, meta, prov, pixel))

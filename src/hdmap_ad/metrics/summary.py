@@ -20,6 +20,10 @@ COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+#: Column headers that get a footnote mark: figures tuned on the test set.
+TEST_TUNED_LABEL = {"accuracy_best_threshold": "accuracy_best_threshold\\*"}
+
+
 def _get(obj: dict[str, Any], path: tuple[str, ...]) -> Any:
     for key in path:
         if not isinstance(obj, dict) or key not in obj:
@@ -29,19 +33,25 @@ def _get(obj: dict[str, Any], path: tuple[str, ...]) -> Any:
 
 
 def compact(metrics_by_target: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """``{target: {column: value}}`` for every target, sorted by target name."""
+    """``{target: {"method": name, column: value ...}}`` for every target, sorted by name."""
     return round_floats(
-        {t: {c: _get(m, p) for c, p in COLUMNS} for t, m in sorted(metrics_by_target.items())}
+        {t: {"method": m.get("method"), **{c: _get(m, p) for c, p in COLUMNS}}
+         for t, m in sorted(metrics_by_target.items())}
     )
 
 
 def markdown(table: dict[str, dict[str, Any]]) -> str:
     """The compact table as markdown (values to 3 decimals; ``-`` where not applicable)."""
     names = [c for c, _ in COLUMNS]
-    lines = ["| target | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    header = [TEST_TUNED_LABEL.get(c, c) for c in names]
+    lines = ["| target | method | " + " | ".join(header) + " |",
+             "|---" * (len(names) + 2) + "|"]
     for target, row in table.items():
         cells = ["-" if row[c] is None else f"{row[c]:.3f}" for c in names]
-        lines.append(f"| {target} | " + " | ".join(cells) + " |")
+        lines.append(f"| {target} | {row.get('method') or '-'} | " + " | ".join(cells) + " |")
+    lines += ["", "\\* tuned on the test scores themselves: an upper bound for comparison, "
+              "not a deployable figure (`accuracy_deployable` uses a threshold fit on the "
+              "references only)."]
     return "\n".join(lines) + "\n"
 
 
@@ -64,7 +74,8 @@ def summary_rows(
     rows = []
     for e in entries:
         m = metrics_by_target[e["target"]]
-        rows.append({**{k: e[k] for k in ("domain", "experiment", "variant", "budget", "seed")},
+        rows.append({**{k: e.get(k) for k in ("domain", "experiment", "method", "gate",
+                                               "variant", "budget", "seed")},
                      **{c: _get(m, p) for c, p in COLUMNS}})
     macro = []
     for variant in dict.fromkeys(r["variant"] for r in rows):
@@ -73,6 +84,7 @@ def summary_rows(
         for c in names:
             vals = [r[c] for r in group if r[c] is not None]
             avg[c] = sum(vals) / len(vals) if len(vals) == len(group) else None
-        macro.append({**{k: group[0][k] for k in ("experiment", "variant", "budget", "seed")},
+        macro.append({**{k: group[0][k] for k in ("experiment", "method", "gate", "variant",
+                                                  "budget", "seed")},
                       "domain": "macro", **avg})
     return round_floats(rows + macro)

@@ -112,6 +112,59 @@ def _hypothesis_lines(path: str) -> list[str]:
     return [*lines, ""]
 
 
+def _verdict_cell(result: dict[str, Any]) -> str:
+    auc = result["auroc"]
+    return (f"{auc['delta']:+.3f} [{auc['ci95'][0]:+.3f}, {auc['ci95'][1]:+.3f}] "
+            f"{result['verdict']}")
+
+
+def methods_gate_lines(entries: list[dict[str, Any]], hypotheses: list[str]) -> list[str]:
+    """Per domain, a methods x gates table of AUROC (cold / warm in brackets), plus the
+    paired-bootstrap verdict of every hypothesis that compares a method's ``mixed`` arm (a)
+    with a gated arm of the same method (b). Empty when the entries hold a single method and
+    a single gate."""
+    arms = {e["experiment"]: (e.get("method"), e.get("gate")) for e in entries}
+    methods = sorted({m for m, _ in arms.values() if m})
+    gates = sorted({g for _, g in arms.values() if g}, key=lambda g: (g != "mixed", g))
+    if len(methods) < 2 and len(gates) < 2:
+        return []
+    verdicts: dict[tuple[str, str, str], str] = {}  # (domain, method, gate) -> cell
+    for path in hypotheses:
+        h = read_json(path)
+        a, b = arms.get(h["a"]), arms.get(h["b"])
+        if not a or not b or a[0] != b[0] or a[1] != "mixed" or b[1] == "mixed":
+            continue
+        for domain, results in h["results"].items():
+            if len(results) == 1:
+                verdicts[(domain, b[0], b[1])] = _verdict_cell(results[0])
+    lines = ["## Methods x gates", "",
+             "Image AUROC on the test maps (cold / warm AUROC in brackets). Verdict columns: "
+             "delta AUROC of the gated arm minus the same method's mixed arm, paired bootstrap "
+             "over test maps for one reference draw [95% CI] (hypotheses of params).", ""]
+    for domain in dict.fromkeys(e["domain"] for e in entries):
+        by_arm = {arms[e["experiment"]]: read_json(e["metrics"])
+                  for e in entries if e["domain"] == domain}
+        label = next(e["label"] for e in entries if e["domain"] == domain)
+        gated = [g for g in gates if g != "mixed"]
+        head = ["method", *gates, *[f"{g} vs mixed" for g in gated]]
+        lines += [f"### {label}", "", "| " + " | ".join(head) + " |",
+                  "|---" * len(head) + "|"]
+        for method in methods:
+            cells = [method]
+            for g in gates:
+                m = by_arm.get((method, g))
+                if m is None:
+                    cells.append("-")
+                    continue
+                pc = m.get("per_condition") or {}
+                cond = " / ".join(f"{pc[c]['auroc']:.3f}" for c in ("cold", "warm") if c in pc)
+                cells.append(f"{m['metrics']['auroc']:.3f}" + (f" ({cond})" if cond else ""))
+            cells += [verdicts.get((domain, method, g), "-") for g in gated]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def build_report(spec: dict[str, Any], out: str | Path) -> None:
     """Write the report and its figures.
 
@@ -137,6 +190,7 @@ def build_report(spec: dict[str, Any], out: str | Path) -> None:
                   "of delta AUROC lies above the margin, refuted when below minus it.", ""]
         for path in spec["hypotheses"]:
             lines += _hypothesis_lines(path)
+    lines += methods_gate_lines(spec["entries"], spec["hypotheses"])
     by_domain: dict[str, list[dict[str, Any]]] = {}
     for entry in spec["entries"]:
         by_domain.setdefault(entry["label"], []).append(entry)

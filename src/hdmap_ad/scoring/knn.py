@@ -9,13 +9,15 @@ bank gives the same index, and the same scores, on every run.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
-import faiss
 import numpy as np
 
-from hdmap_ad.errors import InputError
+from hdmap_ad.options import build_options
+
+if TYPE_CHECKING:  # faiss is imported where an index is built: parsing params needs no faiss
+    import faiss
 
 INDEXES = ("flat", "ivf", "hnsw")
 
@@ -29,31 +31,24 @@ class SearchConfig:
     ``IndexHNSWFlat`` with ``hnsw_m`` links per node and ``ef_search`` candidates per query.
     """
 
-    index: str = "flat"
-    nlist: int = 1024
-    nprobe: int = 16
-    hnsw_m: int = 32
-    ef_search: int = 128
+    index: str = field(default="flat", metadata={
+        "enum": INDEXES, "doc": "faiss index: flat (exact) | ivf | hnsw (approximate)"})
+    nlist: int = field(default=1024, metadata={"min": 1, "doc": "ivf: k-means cells"})
+    nprobe: int = field(default=16, metadata={"min": 1, "doc": "ivf: cells searched"})
+    hnsw_m: int = field(default=32, metadata={"min": 1, "doc": "hnsw: links per node"})
+    ef_search: int = field(default=128, metadata={"min": 1, "doc": "hnsw: candidates per query"})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, where: str = "search") -> SearchConfig:
-        data = dict(data or {})
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise InputError(f"{where}.{unknown[0]}: unknown key")
-        cfg = cls(**data)
-        if cfg.index not in INDEXES:
-            raise InputError(f"{where}.index: {cfg.index!r} is not one of {INDEXES}")
-        for name in ("nlist", "nprobe", "hnsw_m", "ef_search"):
-            if int(getattr(cfg, name)) < 1:
-                raise InputError(f"{where}.{name}: must be >= 1")
-        return cfg
+        return build_options(cls, data, where)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def _gpu_available() -> bool:
+    import faiss
+
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
@@ -63,6 +58,8 @@ def build_index(bank: np.ndarray, search: SearchConfig, device: str = "cpu") -> 
     ``device`` ``cuda``/``auto`` puts an exact index on the GPU when faiss was built with GPU
     support and sees one (faiss-cpu never does; then the CPU index is used).
     """
+    import faiss
+
     d = bank.shape[1]
     if search.index == "flat":
         index = faiss.IndexFlatL2(d)

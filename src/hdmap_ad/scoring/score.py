@@ -1,9 +1,9 @@
-"""Score a domain's test maps against a bank, plus held-out scores of the references.
+"""Score a domain's test maps with a fitted experiment, plus held-out scores of the references.
 
 Output is one table: a row per scored map with its gate decision, image score and patch-score
-grid. ``role`` is ``test`` for test maps and ``reference_cv`` for references scored by a bank
-built from the other folds of references (the normal-score sample the deployable threshold
-is fit on; see ``hdmap_ad.metrics``).
+grid. ``role`` is ``test`` for test maps and ``reference_cv`` for references scored by
+sub-models fit on the other folds of references (the normal-score sample the deployable
+threshold is fit on; see ``hdmap_ad.metrics``). Works for every registered method.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from hdmap_ad.banks.bank import GateFit, assign_references, build_sub_banks
+from hdmap_ad.banks.bank import GateFit, assign_references, fit_sub_models
 from hdmap_ad.banks.gate import BOTH, MIXED, gate_decisions
 from hdmap_ad.config import ExperimentConfig
 from hdmap_ad.io import write_table
-from hdmap_ad.scoring.knn import BankIndex, image_scores
+from hdmap_ad.methods import FittedModel
 
 BATCH_MAPS = 32
 SCORE_COLUMNS = (
@@ -38,92 +38,114 @@ def experiment_decisions(exp: ExperimentConfig, rows: pd.DataFrame, fit: GateFit
 def score_routed(
     desc_of: Callable[[np.ndarray], np.ndarray],
     decisions: np.ndarray,
-    indexes: dict[str, BankIndex],
-    num_neighbors: int,
+    models: dict[str, FittedModel],
+    progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Score maps, each against the sub-bank its gate decision names.
+    """Score maps, each with the sub-model its gate decision names (any method).
 
-    A ``both`` decision searches every sub-bank and keeps the lowest image score (with that
-    bank's patch scores).
+    A ``both`` decision scores with every sub-model and keeps the lowest image score (with
+    that sub-model's patch scores).
 
     Args:
         desc_of: returns ``(B, H, W, D)`` descriptors for an int array of map positions.
-        decisions: ``(N,)`` sub-bank name (or ``both``) per map.
-        indexes: sub-bank name -> index.
-        num_neighbors: PatchCore reweighting neighbours.
+        decisions: ``(N,)`` sub-model name (or ``both``) per map.
+        models: sub-model name -> fitted model.
+        progress: a progress bar (maps/s) on stderr.
 
     Returns:
         ``(scores (N,), patch_scores (N, H, W), bank (N,))``: float32 scores and the name of
-        the sub-bank each kept score came from.
+        the sub-model each kept score came from.
     """
+    from tqdm import tqdm
+
     n = len(decisions)
     scores = np.full(n, np.inf, dtype=np.float32)
     banks = np.empty(n, dtype=object)
     patches: np.ndarray | None = None
+    bar = tqdm(total=n, unit="map", desc="score", disable=not progress, mininterval=2.0)
     for name in sorted(set(decisions)):
         pos = np.flatnonzero(decisions == name)
-        candidates = sorted(indexes) if name == BOTH else [name]
+        candidates = sorted(models) if name == BOTH else [name]
         for start in range(0, len(pos), BATCH_MAPS):
             sel = pos[start : start + BATCH_MAPS]
             desc = desc_of(sel)
-            b, h, w, d = desc.shape
+            b, h, w, _ = desc.shape
             if patches is None:
                 patches = np.zeros((n, h, w), dtype=np.float32)
             for bank in candidates:
-                s, ps = image_scores(desc.reshape(b, h * w, d), indexes[bank], num_neighbors)
+                s, ps = models[bank].score(desc)
                 better = s < scores[sel]
                 scores[sel[better]] = s[better]
-                patches[sel[better]] = ps.reshape(b, h, w)[better]
+                patches[sel[better]] = ps[better]
                 banks[sel[better]] = bank
+            bar.update(len(sel))
+    bar.close()
     assert patches is not None
     return scores, patches, banks
 
 
+def _folds(assignment: np.ndarray, n_folds: int) -> np.ndarray:
+    """Fold of each reference, stratified by sub-model: references are ranked sub-model by
+    sub-model (sorted names, original order within) and dealt round-robin, so each fold holds
+    about the same share of every sub-model and, with one reference per sub-model, the
+    references land in different folds instead of all in fold 0."""
+    order = np.concatenate([np.flatnonzero(assignment == name)
+                            for name in sorted(set(assignment))])
+    folds = np.empty(len(assignment), dtype=np.int64)
+    folds[order] = np.arange(len(order)) % n_folds
+    return folds
+
+
 def reference_cv_scores(
     refs: pd.DataFrame, ref_desc: np.ndarray, exp: ExperimentConfig, fit: GateFit
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Score every reference with a bank built from the other folds (stratified by sub-bank).
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Score references with sub-models fit on the other folds (stratified by sub-model).
 
-    Each held-out reference is routed as a test map would be; where the routed sub-bank has
-    no references left in that fold, it is scored against all remaining references.
+    Each held-out reference is routed as a test map would be; where the routed sub-model has
+    no references left in that fold, it is scored by a mixed model fit on all remaining
+    references (documented fallback; with one reference per condition that is the other
+    condition's reference). A reference is only reported when it was scored.
 
-    Returns ``(scores (N,), patch_scores (N, H, W), decisions (N,), bank (N,))``; empty
-    arrays when there are fewer than two references or ``deploy_folds`` is 0 (no deployable
-    threshold; saves the fold banks' coresets on full-train banks).
+    Returns ``(scored (N,) bool, scores (N,), patch_scores (N, H, W), decisions (N,),
+    bank (N,))``; ``scored`` is all False when there are fewer than two references or
+    ``deploy_folds`` is 0 (no deployable threshold; saves refitting on full-train banks).
     """
     n = len(refs)
-    if n < 2 or exp.deploy_folds == 0:
-        h, w = ref_desc.shape[1:3]
-        empty = np.zeros(0, object)
-        return np.zeros(0, np.float32), np.zeros((0, h, w), np.float32), empty, empty
-    assignment = assign_references(refs, exp.gate, fit)
-    folds = np.zeros(n, dtype=np.int64)
-    n_folds = min(exp.deploy_folds, n)
-    for name in sorted(set(assignment)):
-        pos = np.flatnonzero(assignment == name)
-        folds[pos] = np.arange(len(pos)) % n_folds
-    decisions = experiment_decisions(exp, refs, fit)
+    h, w = ref_desc.shape[1:3]
+    scored = np.zeros(n, dtype=bool)
     scores = np.zeros(n, dtype=np.float32)
-    patches = np.zeros(ref_desc.shape[:3], dtype=np.float32)
+    patches = np.zeros((n, h, w), dtype=np.float32)
     bank_used = np.empty(n, dtype=object)
+    decisions = np.empty(n, dtype=object)
+    if n < 2 or exp.deploy_folds == 0:
+        return scored, scores, patches, decisions, bank_used
+    assignment = assign_references(refs, exp.gate, fit)
+    n_folds = min(exp.deploy_folds, n)
+    folds = _folds(assignment, n_folds)
+    decisions = experiment_decisions(exp, refs, fit)
+    method = exp.method.method
+    min_refs = method.min_references(exp.method.options)
     for f in range(n_folds):
         held, kept = folds == f, folds != f
-        if not held.any() or not kept.any():
+        if not held.any() or kept.sum() < min_refs:
             continue
-        banks, _ = build_sub_banks(ref_desc[kept], assignment[kept], exp)
+        kept_assign = assignment[kept]
+        usable = [name for name in sorted(set(kept_assign))
+                  if (kept_assign == name).sum() >= min_refs]
+        keep_mask = np.isin(kept_assign, usable)
+        models = fit_sub_models(ref_desc[kept][keep_mask], kept_assign[keep_mask], exp)
         route = decisions[held].copy()
-        missing = ~np.isin(route, [*banks, BOTH])
+        missing = ~np.isin(route, [*models, BOTH])
         if missing.any():
-            banks[MIXED] = build_sub_banks(
+            models[MIXED] = fit_sub_models(
                 ref_desc[kept], np.full(kept.sum(), MIXED, dtype=object), exp
-            )[0][MIXED]
+            )[MIXED]
             route[missing] = MIXED
-        indexes = {k: BankIndex(v, exp.search) for k, v in banks.items()}
         held_pos = np.flatnonzero(held)
-        s, ps, used = score_routed(lambda sel, hp=held_pos: ref_desc[hp[sel]], route, indexes,
-                                   exp.num_neighbors)
+        s, ps, used = score_routed(lambda sel, hp=held_pos: ref_desc[hp[sel]], route, models)
         scores[held_pos], patches[held_pos], bank_used[held_pos] = s, ps, used
-    return scores, patches, decisions, bank_used
+        scored[held_pos] = True
+    return scored, scores, patches, decisions, bank_used
 
 
 def scores_table(rows: pd.DataFrame, role: str, decisions: np.ndarray, banks: np.ndarray,
@@ -159,3 +181,43 @@ def write_scores(path: str, tables: list[pa.Table], metadata: dict) -> None:
     table = pa.concat_tables(tables)
     meta = {b"hdmap_ad": json.dumps(metadata, sort_keys=True).encode()}
     write_table(path, table.replace_schema_metadata(meta))
+
+
+def score_experiment(exp: ExperimentConfig, manifest_path: str, feature_paths: list[str],
+                     model_dir: str, meta_path: str, out: str, device: str = "cpu",
+                     progress: bool = True) -> None:
+    """The ``score`` step: test maps through the gate and the fitted sub-models, then the
+    references' held-out scores; one Parquet table with the experiment in its metadata."""
+    from hdmap_ad.banks.bank import load_models
+    from hdmap_ad.banks.references import scored_rows
+    from hdmap_ad.data.manifest import read_manifest
+    from hdmap_ad.features.descriptors import DescriptorSource
+    from hdmap_ad.io import read_json
+
+    where = f"experiments.{exp.key}"
+    meta = read_json(meta_path)
+    fit = GateFit(meta["gate"]["threshold"], meta["gate"]["fit"])
+    manifest = read_manifest(manifest_path)
+    ref_ids = [r["image_id"] for r in meta["references"]]
+    refs = manifest.set_index("image_id").loc[ref_ids].reset_index()
+    test = scored_rows(manifest, refs, exp.references.protocol)
+    models = load_models(model_dir, meta, exp, device)
+    decisions = experiment_decisions(exp, test, fit)
+    scores, patches, used = score_routed(
+        DescriptorSource(feature_paths, test.image_id.tolist(), exp.descriptor, where,
+                         stream=True),
+        decisions, models, progress=progress,
+    )
+    ref_desc = DescriptorSource(feature_paths, ref_ids, exp.descriptor, where)()
+    ok, cv_scores, cv_patches, cv_dec, cv_used = reference_cv_scores(refs, ref_desc, exp, fit)
+    write_scores(
+        out,
+        [
+            scores_table(test, "test", decisions, used, scores, patches),
+            # only references that were scored (none with one reference or deploy_folds 0)
+            scores_table(refs[ok], "reference_cv", cv_dec[ok], cv_used[ok], cv_scores[ok],
+                         cv_patches[ok]),
+        ],
+        {"experiment": exp.to_dict(), "gate": meta["gate"],
+         "provenance": meta.get("provenance")},
+    )

@@ -1,0 +1,162 @@
+"""The contract every anomaly-detection method implements, and how its state is stored.
+
+A *method* models normal data from reference descriptors and scores query descriptors. The
+gate (``hdmap_ad.banks``) wraps any method: a ``mixed`` experiment fits one sub-model, a gated
+one a sub-model per condition, each on its own references. Nothing outside ``methods/``
+branches on a method's name.
+
+Shapes: descriptors are ``(N, H, W, D)`` float32 (``N`` maps on an ``H x W`` patch grid, as
+built by ``hdmap_ad.features.descriptors.DescriptorSource``).
+
+Contract:
+    ``Method.fit(desc, options, ctx) -> FittedModel``: fit on the references of one sub-model.
+    ``FittedModel.score(desc) -> (image (B,), patch (B, H, W))``: float32, higher = more
+    anomalous; depends only on the fitted state and the queried map (so batches can be
+    scored apart and in any order).
+    ``FittedModel.state() -> (arrays, description)``: everything needed to score again;
+    ``Method.from_state(arrays, description, options, ctx)`` rebuilds the model.
+
+Storage (:func:`save_model` / :func:`load_model`): one file set per sub-model in the model
+folder: ``<sub>.npz`` (arrays, no pickle) and ``<sub>.json`` (method, options, description),
+each written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from hdmap_ad.errors import InputError
+from hdmap_ad.io import atomic_path, write_json
+
+
+@dataclass(frozen=True)
+class FitContext:
+    """What a fit may depend on besides the descriptors.
+
+    ``seed``: the experiment seed (coreset start, channel subsets, initialisation).
+    ``device``: ``cpu`` or ``cuda`` (already resolved). ``where``: params key for errors.
+    ``ref_ids``: ``image_id`` of each reference map, aligned with the descriptors.
+    """
+
+    seed: int = 0
+    device: str = "cpu"
+    where: str = "method"
+    ref_ids: tuple[str, ...] = ()
+
+
+class FittedModel(ABC):
+    """One fitted sub-model (a bank, a Gaussian, a PCA ...)."""
+
+    @abstractmethod
+    def score(self, desc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Score ``(B, H, W, D)`` query descriptors.
+
+        Returns:
+            ``(image_scores (B,), patch_scores (B, H, W))`` float32.
+        """
+
+    @abstractmethod
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """``(arrays, description)``: arrays to store and a JSON-ready description (sizes,
+        fit details) from which, with the arrays, ``from_state`` rebuilds this model."""
+
+    def counts(self) -> dict[str, int]:
+        """Sizes worth reporting beside the references' patch count (metrics ``counts``)."""
+        return {}
+
+
+class Method(ABC):
+    """A method: its name, options type, capabilities and how to fit / reload it.
+
+    Class attributes:
+        name: the registry name (``method.name`` in params).
+        Options: frozen dataclass of its options (see :mod:`hdmap_ad.options`).
+        per_position: statistics per patch position: every map must share one patch grid
+            with the same content at each position (refused under mixed sizes with
+            ``resize: aspect-pad``).
+        localizes: patch scores locate anomalies (False: the image score is broadcast to
+            every patch, and pixel metrics are not reported).
+        summary: one line for the README's method table.
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type]
+    per_position: ClassVar[bool] = False
+    localizes: ClassVar[bool] = True
+    summary: ClassVar[str] = ""
+
+    @abstractmethod
+    def fit(self, desc: np.ndarray, options: Any, ctx: FitContext) -> FittedModel:
+        """Fit on ``(N, H, W, D)`` reference descriptors of one sub-model."""
+
+    @abstractmethod
+    def from_state(self, arrays: dict[str, np.ndarray], description: dict[str, Any],
+                   options: Any, ctx: FitContext) -> FittedModel:
+        """Rebuild a fitted model from what :meth:`FittedModel.state` returned."""
+
+    def min_references(self, options: Any) -> int:
+        """Fewest reference maps a sub-model can be fit on."""
+        return 1
+
+
+def check_descriptors(desc: np.ndarray, where: str) -> np.ndarray:
+    """``desc`` as a C-contiguous float32 ``(N, H, W, D)`` array with N >= 1 and finite values."""
+    desc = np.asarray(desc)
+    if desc.ndim != 4 or desc.shape[0] < 1:
+        raise InputError(f"{where}: expected (N, H, W, D) descriptors with N >= 1, "
+                         f"got shape {desc.shape}")
+    desc = np.ascontiguousarray(desc, dtype=np.float32)
+    if not np.isfinite(desc).all():
+        raise InputError(f"{where}: descriptors contain NaN or inf")
+    return desc
+
+
+def save_model(folder: str | Path, sub: str, method: Method, options: Any,
+               model: FittedModel) -> None:
+    """Write one sub-model as ``<folder>/<sub>.npz`` + ``<sub>.json`` (each atomically)."""
+    folder = Path(folder)
+    arrays, description = model.state()
+    with atomic_path(folder / f"{sub}.npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    write_json(folder / f"{sub}.json", {
+        "method": method.name, "options": asdict(options), "arrays": sorted(arrays),
+        "description": description,
+    })
+
+
+def load_model(folder: str | Path, sub: str, method: Method, options: Any,
+               ctx: FitContext) -> FittedModel:
+    """Read a sub-model written by :func:`save_model`; a missing, corrupt or mismatched file
+    is an ``InputError`` naming it."""
+    folder = Path(folder)
+    meta_path, npz_path = folder / f"{sub}.json", folder / f"{sub}.npz"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{meta_path}: sub-model description not found") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{meta_path}: cannot read sub-model description ({exc})") from None
+    if meta.get("method") != method.name:
+        raise InputError(f"{meta_path}: written by method {meta.get('method')!r}, "
+                         f"not {method.name!r}")
+    if meta.get("options") != asdict(options):
+        raise InputError(f"{meta_path}: fitted with options {meta.get('options')}, "
+                         f"not {asdict(options)}")
+    try:
+        with np.load(npz_path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise InputError(f"{npz_path}: sub-model arrays not found") from None
+    except Exception as exc:  # zipfile / numpy format errors
+        raise InputError(f"{npz_path}: cannot read sub-model arrays ({exc})") from None
+    if sorted(arrays) != meta.get("arrays"):
+        raise InputError(f"{npz_path}: holds arrays {sorted(arrays)}, "
+                         f"expected {meta.get('arrays')}")
+    return method.from_state(arrays, meta["description"], options, ctx)

@@ -1,0 +1,24 @@
+# Fit the experiment's method per domain x experiment: one sub-model per condition behind the
+# gate (gated experiments) or one mixed sub-model. Any registered method (params `method`).
+rule fit:
+    input:
+        manifest=manifest_path,
+        features=experiment_features,
+        code=code(
+            "banks", "methods", "options.py", "scoring/knn.py", "features/descriptors.py",
+            "features/context.py", "features/cache.py", "config.py", "io.py", "cli.py",
+        ),
+    output:
+        model=directory(f"{WORK}/models/domain_{{domain}}/{{experiment}}"),
+        meta=f"{WORK}/models/domain_{{domain}}/{{experiment}}.json",
+    params:
+        spec=experiment_spec,
+        device=STEP_DEVICE,  # e.g. PatchCore's coreset selection
+    threads: 1
+    log:
+        f"{WORK}/logs/fit/{{domain}}_{{experiment}}.log",
+    shell:
+        "OMP_NUM_THREADS={threads} python -m hdmap_ad fit --manifest {input.manifest:q} "
+        "--domain {wildcards.domain} --features {input.features:q} --spec {params.spec:q} "
+        "--device {params.device} --out {output.model:q} "
+        "--meta {output.meta:q} 2> {log:q}"
