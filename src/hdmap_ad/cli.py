@@ -158,6 +158,29 @@ def cmd_report(args: argparse.Namespace) -> None:
     build_report(_spec(args.spec), args.out)
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from hdmap_ad.deploy.export import export_cli
+
+    export_cli(args)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from hdmap_ad.deploy.predict import predict_step
+
+    return predict_step(args, _device(args.device))
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    from hdmap_ad.app.launch import run_app
+
+    return run_app(args.root, args.port, args.headless)
+
+
+def _outdates(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--outdates", nargs="*", default=[], metavar="RESULT",
+                   help="results this run replaces: renamed to <result>.outdated first")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m hdmap_ad", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="step", required=True)
@@ -180,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kind", default="hdmap", choices=["hdmap", "synthetic", "mvtec"],
                    help="folder layout (synthetic is hdmap)")
     s.add_argument("--out", required=True)
+    _outdates(s)
     s.set_defaults(func=cmd_manifest)
 
     s = sub.add_parser("extract", help="cache features of every map, one Parquet per layer")
@@ -188,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", required=True)
     s.add_argument("--device", default="cpu")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    _outdates(s)
     s.set_defaults(func=cmd_extract)
 
     for name, helptext in (
@@ -212,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
             "(faiss-cpu: always the CPU)"))
         s.add_argument("--out", required=True,
                        help="model folder to write" if name == "fit" else "scores Parquet")
+        _outdates(s)
         s.set_defaults(func=cmd_fit if name == "fit" else cmd_score)
 
     s = sub.add_parser("metrics", help="metrics JSON of one domain x experiment")
@@ -247,14 +273,57 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", required=True, help="JSON: entries, hypotheses, summary paths")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("export", help="write a self-contained model folder of one domain x "
+                       "experiment (from params, or from explicit pipeline files)")
+    s.add_argument("--domain", help="with --experiment: paths and spec from --params")
+    s.add_argument("--experiment")
+    s.add_argument("--params", default="params.yaml")
+    s.add_argument("--work", default="work", help="the pipeline's work folder")
+    s.add_argument("--backbone-spec", help="JSON of one backbones entry (with key)")
+    s.add_argument("--meta", help="model metadata JSON (fit step)")
+    s.add_argument("--model", help="model folder (fit step)")
+    s.add_argument("--scores", help="scores Parquet (score step)")
+    s.add_argument("--metrics", help="metrics JSON (metrics step)")
+    s.add_argument("--manifest", help="domain manifest: also export the reference maps")
+    s.add_argument("--out", help="model folder to write (default results/models/<target>)")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("predict", help="score new maps with an exported model -> CSV")
+    s.add_argument("--model", required=True, help="model folder written by export")
+    s.add_argument("--input", nargs="+", required=True, help="map files and/or folders")
+    s.add_argument("--out", required=True, help="predictions CSV")
+    s.add_argument("--maps-dir", help="also write anomaly maps into this folder")
+    s.add_argument("--maps-format", default="png", help="png (overlay) | tiff (float32) | both")
+    s.add_argument("--recursive", action="store_true", help="walk input folders recursively")
+    s.add_argument("--device", default="cpu", help="cpu | cuda | auto (backbone)")
+    s.add_argument("--threads", type=int, help="extraction threads (default: all cores)")
+    s.add_argument("--weights", help="local checkpoint to use for a file-weights backbone")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("app", help="web app over a run's results/ and work/ (Streamlit)")
+    s.add_argument("--root", default=".", help="project folder holding results/ and work/")
+    s.add_argument("--port", type=int, default=8501)
+    s.add_argument("--headless", action="store_true", help="do not open a browser")
+    s.set_defaults(func=cmd_app)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        if getattr(args, "outdates", None):
+            from hdmap_ad.outdated import mark_outdated
+
+            mark_outdated(args.outdates, args.step)
+        rc = args.func(args)
     except InputError as exc:
         print(f"hdmap_ad {args.step}: error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    except OSError as exc:  # disk full, read-only folder ...: the path and the OS reason
+        where = exc.filename or "output"
+        reason = exc.strerror or str(exc)
+        print(f"hdmap_ad {args.step}: error: {where}: {reason}", file=sys.stderr)
+        return 2
+    return rc or 0

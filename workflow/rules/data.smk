@@ -6,7 +6,7 @@ SYNTH_DOMAINS = ("A", "B", "C", "D")
 
 rule synthesize:
     input:
-        code("data/synth.py"),
+        code("hdmap_ad.data.synth"),
     output:
         directory(f"{SYNTHETIC_ROOT}/domain_{{synth_domain}}"),
     params:
@@ -17,7 +17,7 @@ rule synthesize:
         f"{WORK}/logs/synthesize/{{synth_domain}}.log",
     shell:
         "python -m hdmap_ad synth --domain {wildcards.synth_domain} --spec {params.spec:q} "
-        "--out {output} 2> {log}"
+        "--out {output:q} 2> {log:q}"
 
 
 rule synthetic_data:
@@ -29,13 +29,15 @@ rule synthetic_data:
 rule manifest:
     input:
         root=domain_root,
-        code=code("data/manifest.py", "data/maps.py"),
+        code=code("hdmap_ad.data.manifest"),
     output:
         f"{WORK}/manifests/domain_{{domain}}.parquet",
     params:
         kind=DATASET.kind,
+        data=data_param,  # content fingerprint: a data change re-runs the manifest
+        outdates=domain_outdates,  # renamed *.outdated before a re-run
     log:
         f"{WORK}/logs/manifest/{{domain}}.log",
     shell:
-        "python -m hdmap_ad manifest --domain-root {input.root} --kind {params.kind} "
-        "--out {output} 2> {log}"
+        "python -m hdmap_ad manifest --domain-root {input.root:q} --kind {params.kind:q} "
+        "--out {output:q} --outdates {params.outdates:q} 2> {log:q}"

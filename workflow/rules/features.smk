@@ -8,22 +8,23 @@ for _key, _bb in PARAMS.backbones.items():
             f"extract_{_key}"
         input:
             manifest=manifest_path,
-            code=code(
-                "features/extract.py", "features/preprocess.py", "features/weights.py",
-                "features/cache.py", "data/maps.py",
-            ),
+            code=code("hdmap_ad.features.extract", "hdmap_ad.provenance"),
+            # a checkpoint file is an input: overwriting it re-extracts (content-checked)
+            weights=weights_inputs(_bb),
         output:
             [f"{WORK}/features/domain_{{domain}}/{_key}/{layer}.parquet" for layer in _bb.layers],
         params:
             spec=spec_json(_bb),
             out_dir=f"{WORK}/features/domain_{{domain}}/{_key}",
             device=PARAMS.device,
+            weights_package=weights_package_version(_bb),  # a new release re-extracts
+            outdates=domain_outdates,  # renamed *.outdated before a re-run
         threads: workflow.cores
         resources:
             gpu=1 if PARAMS.device == "cuda" else 0,
         log:
             f"{WORK}/logs/extract/{_key}/{{domain}}.log",
         shell:
-            "OMP_NUM_THREADS={threads} python -m hdmap_ad extract --manifest {input.manifest} "
-            "--spec {params.spec:q} --out-dir {params.out_dir} --device {params.device} "
-            "2> {log}"
+            "OMP_NUM_THREADS={threads} python -m hdmap_ad extract --manifest {input.manifest:q} "
+            "--spec {params.spec:q} --out-dir {params.out_dir:q} --device {params.device:q} "
+            "--outdates {params.outdates:q} 2> {log:q}"

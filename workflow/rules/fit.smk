@@ -4,21 +4,20 @@ rule fit:
     input:
         manifest=manifest_path,
         features=experiment_features,
-        code=code(
-            "banks", "methods", "options.py", "scoring/knn.py", "features/descriptors.py",
-            "features/context.py", "features/cache.py", "config.py", "io.py", "cli.py",
-        ),
+        code=method_code("hdmap_ad.banks.bank"),
     output:
         model=directory(f"{WORK}/models/domain_{{domain}}/{{experiment}}"),
         meta=f"{WORK}/models/domain_{{domain}}/{{experiment}}.json",
     params:
         spec=experiment_spec,
+        outdates=experiment_outdates,  # renamed *.outdated before a re-run
         device=STEP_DEVICE,  # e.g. PatchCore's coreset selection
     threads: 1
     log:
         f"{WORK}/logs/fit/{{domain}}_{{experiment}}.log",
     shell:
         "OMP_NUM_THREADS={threads} python -m hdmap_ad fit --manifest {input.manifest:q} "
-        "--domain {wildcards.domain} --features {input.features:q} --spec {params.spec:q} "
-        "--device {params.device} --out {output.model:q} "
+        "--domain {wildcards.domain} --features {input.features:q} "
+        "--outdates {params.outdates:q} --spec {params.spec:q} "
+        "--device {params.device:q} --out {output.model:q} "
         "--meta {output.meta:q} 2> {log:q}"

@@ -5,22 +5,22 @@ rule metrics:
         meta=f"{WORK}/models/domain_{{domain}}/{{experiment}}.json",
         manifest=manifest_path,
         features=experiment_features,
-        code=code("metrics", "methods/__init__.py", "provenance.py", "cli.py"),
+        code=code("hdmap_ad.metrics.report"),
     output:
         f"results/{RESULT_PREFIX}{{domain}}_{{experiment}}.json",
     log:
         f"{WORK}/logs/metrics/{{domain}}_{{experiment}}.log",
     shell:
-        "python -m hdmap_ad metrics --scores {input.scores} --meta {input.meta} "
-        "--manifest {input.manifest} --features {input.features} "
-        "--domain {wildcards.domain} --out {output} 2> {log}"
+        "python -m hdmap_ad metrics --scores {input.scores:q} --meta {input.meta:q} "
+        "--manifest {input.manifest:q} --features {input.features:q} "
+        "--domain {wildcards.domain} --out {output:q} 2> {log:q}"
 
 
 rule sweep:
     """Mean and spread over seeds, per budget, of a sweep's variants."""
     input:
         variants=sweep_results,
-        code=code("metrics", "cli.py"),
+        code=code("hdmap_ad.metrics.sweep"),
     output:
         f"results/{RESULT_PREFIX}{{domain}}_{{sweep}}.json",
     params:
@@ -28,14 +28,14 @@ rule sweep:
     log:
         f"{WORK}/logs/sweep/{{domain}}_{{sweep}}.log",
     shell:
-        "python -m hdmap_ad sweep {input.variants} --spec {params.spec:q} --out {output} 2> {log}"
+        "python -m hdmap_ad sweep {input.variants:q} --spec {params.spec:q} --out {output:q} 2> {log:q}"
 
 
 rule hypothesis:
     """Paired bootstrap verdict of one hypothesis (params: hypotheses.<name>)."""
     input:
         scores=hypothesis_scores,
-        code=code("report/hypothesis.py", "cli.py"),
+        code=code("hdmap_ad.report.hypothesis"),
     output:
         "results/hypotheses/{hypothesis}.json",
     params:
@@ -43,14 +43,14 @@ rule hypothesis:
     log:
         f"{WORK}/logs/hypothesis/{{hypothesis}}.log",
     shell:
-        "python -m hdmap_ad hypothesis --spec {params.spec:q} --out {output} 2> {log}"
+        "python -m hdmap_ad hypothesis --spec {params.spec:q} --out {output:q} 2> {log:q}"
 
 
 rule aggregate:
     input:
         target_results(),
         variants=target_variant_results(),
-        code=code("metrics", "cli.py"),
+        code=code("hdmap_ad.metrics.summary"),
     output:
         json="results/metrics.json",
         md="results/summary.md",
@@ -60,8 +60,8 @@ rule aggregate:
     log:
         f"{WORK}/logs/aggregate.log",
     shell:
-        "python -m hdmap_ad aggregate {input.variants} --out {output.json} "
-        "--markdown {output.md} --csv {output.csv} --entries {params.entries:q} 2> {log}"
+        "python -m hdmap_ad aggregate {input.variants:q} --out {output.json:q} "
+        "--markdown {output.md:q} --csv {output.csv:q} --entries {params.entries:q} 2> {log:q}"
 
 
 rule report:
@@ -71,7 +71,7 @@ rule report:
         target_hypotheses(),
         "results/summary.md",
         "results/summary.csv",
-        code=code("report", "cli.py"),
+        code=code("hdmap_ad.report.build"),
     output:
         md="results/report.md",
         figures=directory("results/figures"),
@@ -81,4 +81,4 @@ rule report:
     log:
         f"{WORK}/logs/report.log",
     shell:
-        "python -m hdmap_ad report --spec {params.spec:q} --out {output.md} 2> {log}"
+        "python -m hdmap_ad report --spec {params.spec:q} --out {output.md:q} 2> {log:q}"

@@ -5,14 +5,12 @@ rule score:
         features=experiment_features,
         model=f"{WORK}/models/domain_{{domain}}/{{experiment}}",
         meta=f"{WORK}/models/domain_{{domain}}/{{experiment}}.json",
-        code=code(
-            "scoring", "banks", "methods", "options.py", "features/descriptors.py",
-            "features/context.py", "features/cache.py", "config.py", "io.py", "cli.py",
-        ),
+        code=method_code("hdmap_ad.scoring.score"),
     output:
         f"{WORK}/scores/domain_{{domain}}/{{experiment}}.parquet",
     params:
         spec=experiment_spec,
+        outdates=experiment_outdates,  # renamed *.outdated before a re-run
         device=STEP_DEVICE,  # exact search, with a faiss GPU build
     threads: 1
     log:
@@ -20,5 +18,5 @@ rule score:
     shell:
         "OMP_NUM_THREADS={threads} python -m hdmap_ad score --manifest {input.manifest:q} "
         "--domain {wildcards.domain} --features {input.features:q} --model {input.model:q} "
-        "--meta {input.meta:q} --device {params.device} "
-        "--spec {params.spec:q} --out {output:q} 2> {log:q}"
+        "--meta {input.meta:q} --device {params.device:q} "
+        "--outdates {params.outdates:q} --spec {params.spec:q} --out {output:q} 2> {log:q}"

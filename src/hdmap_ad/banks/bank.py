@@ -187,6 +187,10 @@ def fit_experiment(exp: ExperimentConfig, manifest_path: str, feature_paths: lis
 
     where = f"experiments.{exp.key}"
     manifest = read_manifest(manifest_path)
+    test_conditions = manifest.condition[manifest.split == "test"]
+    if exp.gate != "mixed" and not test_conditions.isin([COLD, WARM]).any():
+        raise InputError(f"{where}.gate: {exp.gate!r} needs cold/warm conditions, which the "
+                         f"maps of {manifest_path} do not have; use gate: mixed")
     refs = select_references(manifest, exp.references, f"{where}.references")
     desc = DescriptorSource(feature_paths, refs.image_id.tolist(), exp.descriptor, where)()
     models, fit, assignment = build_bank(refs, desc, exp, device)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from hdmap_ad.config import ReferenceConfig
 from hdmap_ad.errors import InputError
+from hdmap_ad.specs import ReferenceConfig
 
 #: Protocols whose references are test/good maps that are then left out of scoring.
 HOLDOUT_PROTOCOLS = ("test_good_holdout",)

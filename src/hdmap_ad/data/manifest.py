@@ -34,7 +34,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from hdmap_ad.data.maps import IMAGE_SUFFIXES, TIFF_SUFFIXES, read_map
+from hdmap_ad.data.fingerprint import skipped
+from hdmap_ad.data.maps import IMAGE_SUFFIXES, TIFF_SUFFIXES, read_map_raw
 from hdmap_ad.errors import InputError
 from hdmap_ad.io import write_table
 
@@ -53,7 +54,9 @@ def _list_files(folder: Path, suffixes: tuple[str, ...], numbered: bool) -> list
     """
     if not folder.is_dir():
         raise InputError(f"{folder}: folder missing")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in suffixes)
+    # hidden files and macOS resource forks (._x.png) are not maps
+    files = sorted(p for p in folder.iterdir()
+                   if p.suffix.lower() in suffixes and not skipped(p.name))
     if not files:
         raise InputError(f"{folder}: no images ({', '.join(suffixes)}) found")
     seen: dict[int, Path] = {}
@@ -91,18 +94,23 @@ def _row(path: Path, split: str, label: str, idx: int, condition: str, mask: str
 
 
 class _ShapeCheck:
-    """Every map of one domain must have the shape of the first one read."""
+    """Every map of one domain must have the shape and the stored dtype of the first one read
+    (a folder mixing uint16 and float32 maps would mix two intensity scales)."""
 
     def __init__(self) -> None:
         self.shape: tuple[int, ...] | None = None
+        self.dtype: str | None = None
         self.first: Path | None = None
 
     def read(self, path: Path) -> np.ndarray:
-        arr = read_map(path)
+        arr, dtype = read_map_raw(path)
         if self.shape is None:
-            self.shape, self.first = arr.shape, path
+            self.shape, self.dtype, self.first = arr.shape, dtype, path
         elif arr.shape != self.shape:
             raise InputError(f"{path}: shape {arr.shape} differs from {self.shape} of {self.first}")
+        elif dtype != self.dtype:
+            raise InputError(f"{path}: stored as {dtype}, but {self.first} as {self.dtype}; "
+                             "one domain's maps must share one dtype (one intensity scale)")
         return arr
 
 

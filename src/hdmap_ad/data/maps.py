@@ -16,9 +16,20 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", *TIFF_SUFFIXES)
 def read_map(path: str | Path) -> np.ndarray:
     """Read a map as float32 ``(H, W)`` (single channel) or ``(H, W, 3)`` (RGB images).
 
-    TIFFs are read as stored (HDMAP: float32 31x95, values may exceed 1). 8-bit images are
-    scaled to [0, 1]. Raises :class:`InputError` naming the file for unreadable data, NaN/Inf
-    or negative values.
+    See :func:`read_map_raw` for the scaling rule and the checks.
+    """
+    return read_map_raw(path)[0]
+
+
+def read_map_raw(path: str | Path) -> tuple[np.ndarray, str]:
+    """Read a map as float32, and the dtype it was stored with.
+
+    Scaling rule: floating-point files (HDMAP: float32 31x95, values may exceed 1) are taken
+    as stored; **integer** files of any width, signed or not (uint8/uint16 PNGs, int16 or
+    uint16 TIFFs) are divided by their dtype's maximum (255, 65535, 32767 ...), so they land in
+    [0, 1]. The manifest checks that every map of a domain has the same stored dtype.
+    Raises :class:`InputError` naming the file for unreadable data, boolean images, NaN/Inf or
+    negative values.
     """
     path = Path(path)
     if path.is_dir():
@@ -39,10 +50,11 @@ def read_map(path: str | Path) -> np.ndarray:
     except Exception as exc:  # corrupt or not an image: one clear line, no traceback
         detail = " ".join(str(exc).split())[:200]  # one line, whatever the library says
         raise InputError(f"{path}: cannot read image ({type(exc).__name__}: {detail})") from None
-    if arr.dtype == np.uint8:
-        arr = arr.astype(np.float32) / 255.0
-    elif arr.dtype == np.uint16:
-        arr = arr.astype(np.float32) / 65535.0
+    stored = str(arr.dtype)
+    if arr.dtype == np.bool_:
+        raise InputError(f"{path}: boolean image; expected intensities (float or integer)")
+    if np.issubdtype(arr.dtype, np.integer):
+        arr = arr.astype(np.float32) / np.float32(np.iinfo(arr.dtype).max)
     arr = arr.astype(np.float32, copy=False)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
@@ -52,4 +64,4 @@ def read_map(path: str | Path) -> np.ndarray:
         raise InputError(f"{path}: contains NaN or Inf values")
     if (arr < 0).any():
         raise InputError(f"{path}: contains negative values (min {float(arr.min()):.4g})")
-    return arr
+    return arr, stored

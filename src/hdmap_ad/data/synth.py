@@ -118,9 +118,10 @@ import numpy as np
 import tifffile
 from scipy.ndimage import gaussian_filter
 
-from hdmap_ad.config import SynthConfig
+from hdmap_ad.data.fingerprint import mark_generated
 from hdmap_ad.errors import InputError
 from hdmap_ad.io import atomic_path
+from hdmap_ad.specs import SynthConfig
 
 DOMAINS = ("A", "B", "C", "D")
 SPLITS = ("train/good", "test/good", "test/fault")
@@ -499,6 +500,7 @@ def write_domain(domain: str, cfg: SynthConfig, out_dir: str | Path) -> None:
             for i, image in enumerate(arr):
                 with atomic_path(folder / f"{i:06d}.tiff") as part:
                     tifffile.imwrite(part, image, photometric="minisblack")
+        mark_generated(tmp)  # untouched generated data is not re-scanned as "changed"
         _replace_dir(tmp, out_dir)
     finally:
         if tmp.exists():

@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from hdmap_ad.config import BackboneConfig
 from hdmap_ad.data.maps import read_map
 from hdmap_ad.errors import InputError
 from hdmap_ad.features.cache import (
@@ -37,6 +36,7 @@ from hdmap_ad.features.cache import (
 )
 from hdmap_ad.features.preprocess import Triple, norm_stats, preprocess
 from hdmap_ad.features.weights import WeightsInfo, load_backbone
+from hdmap_ad.specs import BackboneConfig
 
 CACHE_FORMAT_VERSION = 1
 
@@ -223,6 +223,19 @@ def read_batch(
     return np.stack(maps), expected
 
 
+def check_finite(feats: Mapping[str, np.ndarray], chunk: Sequence[tuple[str, str]]) -> None:
+    """Refuse non-finite features, naming the first map that produced them: a finite but
+    extreme map value (1e30) overflows inside the backbone; the cache must never hold NaN."""
+    for layer, arr in feats.items():
+        bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
+        if bad.any():
+            path = chunk[int(np.flatnonzero(bad)[0])][1]
+            raise InputError(
+                f"{path}: its {layer} features are NaN or Inf (map values too large for the "
+                f"backbone? max |value| {float(np.abs(read_map(path)).max()):.4g}); fix or "
+                "remove the map")
+
+
 def _check_items(items: Sequence[tuple[str, str]], out_paths: Mapping[str, str]) -> None:
     where = next(iter(out_paths.values()), "feature cache")
     if not items:
@@ -294,6 +307,7 @@ def extract_to_cache(
                         open_feature_writer(Path(out_paths[layer]), shape, meta)
                     )
             ids = [image_id for image_id, _ in chunk]
+            check_finite(feats, chunk)  # before anything of this batch is cached
             for layer in layers:
                 writers[layer].write(ids, feats[layer])
             bar.update(len(chunk))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hdmap_ad.config import BackboneConfig
+from hdmap_ad.specs import BackboneConfig
 
 Triple = tuple[float, float, float]
 

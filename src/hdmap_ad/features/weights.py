@@ -38,8 +38,8 @@ import timm
 import torch
 from torch import nn
 
-from hdmap_ad.config import BackboneConfig
 from hdmap_ad.errors import InputError
+from hdmap_ad.specs import BackboneConfig
 
 log = logging.getLogger(__name__)
 
