@@ -421,18 +421,21 @@ def test_extract_to_cache_is_deterministic(tmp_path: Path) -> None:
     )
 
 
-def test_extract_to_cache_rejects_mixed_shapes(tmp_path: Path) -> None:
+def test_extract_to_cache_takes_mixed_sizes_each_resized_on_its_own(tmp_path: Path) -> None:
+    """Folder datasets have images of several sizes: each map is resized to the input on its
+    own, so a map's features do not depend on the sizes of its batch neighbours."""
     items = _write_maps(tmp_path / "maps", random_maps(3))
     odd = tmp_path / "maps" / "odd.tiff"
-    tifffile.imwrite(odd, random_maps(1, shape=(31, 94))[0])
+    tifffile.imwrite(odd, random_maps(1, shape=(40, 64))[0])
     items.append(("odd", str(odd)))
-    out = {"blocks.2": str(tmp_path / "out" / "blocks.2.parquet")}
     cfg = backbone(input_size=32, layers=("blocks.2",), batch_size=2)
-    with pytest.raises(
-        InputError, match=r"odd\.tiff: map shape \(31, 94\) differs from \(31, 95\)"
-    ):
-        extract_to_cache(items, cfg, out, progress=False)
-    assert not any((tmp_path / "out").glob("*"))  # nothing half-written
+    mixed = {"blocks.2": str(tmp_path / "out" / "blocks.2.parquet")}
+    extract_to_cache(items, cfg, mixed, progress=False)
+    alone = {"blocks.2": str(tmp_path / "alone" / "blocks.2.parquet")}
+    extract_to_cache(items[-1:], cfg, alone, progress=False)
+    np.testing.assert_allclose(read_features(mixed["blocks.2"], ["odd"])[1],
+                               read_features(alone["blocks.2"], ["odd"])[1], rtol=1e-5,
+                               atol=1e-5)
     with pytest.raises(InputError, match=r"unknown layer.*valid layer names"):
         extract_to_cache(items[:1], cfg, {"blocks.3": str(tmp_path / "x.parquet")}, progress=False)
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from hdmap_ad.cli import main
@@ -30,9 +31,9 @@ EXPERIMENT = {
 }
 
 
-def _texture(rng: np.random.Generator) -> np.ndarray:
-    y, x = np.mgrid[0:64, 0:64]
-    base = 0.5 + 0.2 * np.sin(x / 3.0 + rng.uniform(0, 6)) + 0.05 * rng.standard_normal((64, 64))
+def _texture(rng: np.random.Generator, shape: tuple[int, int] = (64, 64)) -> np.ndarray:
+    y, x = np.mgrid[0 : shape[0], 0 : shape[1]]
+    base = 0.5 + 0.2 * np.sin(x / 3.0 + rng.uniform(0, 6)) + 0.05 * rng.standard_normal(shape)
     return np.clip(np.repeat(base[..., None], 3, axis=-1), 0, 1)
 
 
@@ -41,14 +42,19 @@ def _save(path: Path, arr: np.ndarray) -> None:
     Image.fromarray((arr * 255).astype(np.uint8)).save(path)
 
 
-def _dataset(root: Path) -> Path:
+def _dataset(root: Path, mixed_sizes: bool = False) -> Path:
+    """A category of 64x64 textures; with ``mixed_sizes`` every other image is 56x80."""
     rng = np.random.default_rng(0)
     cat = root / "widget"
+
+    def shape(i: int) -> tuple[int, int]:
+        return (56, 80) if mixed_sizes and i % 2 else (64, 64)
+
     for i in range(10):
-        _save(cat / "train/good" / f"{i:03d}.png", _texture(rng))
+        _save(cat / "train/good" / f"{i:03d}.png", _texture(rng, shape(i)))
     for i in range(4):
-        _save(cat / "test/good" / f"{i:03d}.png", _texture(rng))
-        img, mask = _texture(rng), np.zeros((64, 64))
+        _save(cat / "test/good" / f"{i:03d}.png", _texture(rng, shape(i)))
+        img, mask = _texture(rng, shape(i)), np.zeros(shape(i))
         r, c = rng.integers(8, 44, size=2)
         img[r : r + 12, c : c + 12] = [1.0, 0.1, 0.1]
         mask[r : r + 12, c : c + 12] = 1.0
@@ -57,8 +63,11 @@ def _dataset(root: Path) -> Path:
     return cat
 
 
-def test_masked_dataset_gives_pixel_metrics(tmp_path):
-    cat = _dataset(tmp_path / "data")
+@pytest.mark.parametrize("mixed_sizes", [False, True])
+def test_masked_dataset_gives_pixel_metrics(tmp_path, mixed_sizes):
+    """Also with images of two sizes in one category (each resized to the input on its own;
+    masks checked against their own image, then resized with the anomaly maps)."""
+    cat = _dataset(tmp_path / "data", mixed_sizes)
     w = tmp_path / "work"
     feats = [str(w / "features" / "blocks.2.parquet")]
     spec = spec_json(EXPERIMENT)
@@ -88,3 +97,23 @@ def test_hdmap_without_masks_reports_no_pixel_metrics(tmp_path):
 
     grids = np.zeros((2, 4, 4), np.float32)
     assert masked_pixel_metrics(grids, ["", ""], np.array([True, False]), (8, 8)) is None
+
+
+def test_per_position_method_is_refused_on_mixed_sizes_under_aspect_pad(tmp_path, capsys):
+    cat = _dataset(tmp_path / "data", mixed_sizes=True)
+    w = tmp_path / "work"
+    feats = [str(w / "features" / "blocks.2.parquet")]
+    backbone = {**BACKBONE, "resize": "aspect-pad"}
+    padim = {**EXPERIMENT, "method": {"name": "padim"}}
+    for step in (
+        ["manifest", "--domain-root", str(cat), "--kind", "mvtec", "--out", str(w / "m.parquet")],
+        ["extract", "--manifest", str(w / "m.parquet"), "--spec", spec_json(backbone),
+         "--out-dir", str(w / "features"), "--quiet"],
+    ):
+        assert main(step) == 0, step[0]
+    capsys.readouterr()
+    assert main(["fit", "--manifest", str(w / "m.parquet"), "--features", *feats, "--spec",
+                 spec_json(padim), "--out", str(w / "model"), "--meta", str(w / "b.json")]) == 2
+    assert "experiments.ungated.method: padim models each patch position" in \
+        capsys.readouterr().err
+    assert not (w / "model").exists()

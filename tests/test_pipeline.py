@@ -306,6 +306,21 @@ def test_data_edits_rerun_exactly_their_chain_and_moving_the_checkout_reruns_not
     (good.parent / "._000002.tiff").write_bytes(b"\x00\x05\x16\x07")
     assert _jobs(_smk(project, "-n", "results/domainC_gated.json")) == chain
 
+    # a re-run that fails leaves no old number looking current
+    result = project / "results/domainC_gated.json"
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    saved = json.loads(json.dumps(params))
+    params["experiments"]["gated"]["references"]["n_cold"] = 999
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = subprocess.run(["snakemake", "--cores", "2", "--profile", "profiles/default",
+                           "results/domainC_gated.json"], cwd=project, env=project_env(project),
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert not result.exists() and result.with_name(result.name + ".outdated").exists()
+    (project / "params.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    _smk(project, "all")
+    assert result.exists()
+
 
 def test_values_from_params_never_reach_a_shell_unquoted(tmp_path: Path):
     """A dataset root with a space and shell syntax is used as a path, never run."""

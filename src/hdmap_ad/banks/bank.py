@@ -192,9 +192,18 @@ def fit_experiment(exp: ExperimentConfig, manifest_path: str, feature_paths: lis
         raise InputError(f"{where}.gate: {exp.gate!r} needs cold/warm conditions, which the "
                          f"maps of {manifest_path} do not have; use gate: mixed")
     refs = select_references(manifest, exp.references, f"{where}.references")
+    prov = provenance(domain, manifest, feature_paths)
+    resize = next(iter(prov["features"].values())).get("resize")
+    sizes = set(zip(manifest.height, manifest.width, strict=True)) if "height" in manifest \
+        else set()
+    if exp.method.method.per_position and resize == "aspect-pad" and len(sizes) > 1:
+        raise InputError(
+            f"{where}.method: {exp.method.name} models each patch position, but these maps "
+            f"have {len(sizes)} sizes and resize: aspect-pad pads each differently; use "
+            "resize: bilinear for this backbone or a method that is not per-position")
     desc = DescriptorSource(feature_paths, refs.image_id.tolist(), exp.descriptor, where)()
     models, fit, assignment = build_bank(refs, desc, exp, device)
     meta = bank_metadata(exp, refs, assignment, fit, models, desc.shape[1:4])
-    meta["provenance"] = provenance(domain, manifest, feature_paths)
+    meta["provenance"] = prov
     save_models(model_dir, models, exp)
     write_bank_metadata(meta_path, meta)

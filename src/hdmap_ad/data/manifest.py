@@ -21,8 +21,11 @@ Two layouts:
 One row per map: ``image_id`` (``test/fault/000123``), ``path``, ``split`` (train | test),
 ``label`` (``good`` or the fault/defect folder name), ``index`` (from the file name, else the
 position), ``condition`` (cold | warm | unknown), ``mask_path`` (``""`` when none), the
-intensity statistics the gate uses: ``mean``, ``p90``, ``max``, and the file's ``sha256``
-(the data hash in every output's provenance is computed from these).
+intensity statistics the gate uses: ``mean``, ``p90``, ``max``, the file's ``sha256`` (the
+data hash in every output's provenance is computed from these) and the map's ``height`` and
+``width``. Every map of a domain must share one stored dtype; HDMAP maps must also share one
+shape, while folder (``mvtec``) datasets may mix image sizes (each map is resized to the
+backbone's input on its own). Hidden files and macOS ``._*`` files are skipped.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from hdmap_ad.io import write_table
 HDMAP_SPLITS = (("train", "good"), ("test", "good"), ("test", "fault"))
 COLUMNS = (
     "image_id", "path", "split", "label", "index", "condition", "mask_path",
-    "mean", "p90", "max", "sha256",
+    "mean", "p90", "max", "sha256", "height", "width",
 )
 
 
@@ -90,23 +93,28 @@ def _row(path: Path, split: str, label: str, idx: int, condition: str, mask: str
         "p90": float(np.percentile(gray, 90)),
         "max": float(gray.max()),
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "height": int(arr.shape[0]),
+        "width": int(arr.shape[1]),
     }
 
 
 class _ShapeCheck:
-    """Every map of one domain must have the shape and the stored dtype of the first one read
-    (a folder mixing uint16 and float32 maps would mix two intensity scales)."""
+    """Every map of one domain must have the stored dtype of the first one read (a folder
+    mixing uint16 and float32 maps would mix two intensity scales), and its shape too unless
+    ``mixed_sizes`` (folder datasets: every map is resized to the backbone's input anyway;
+    grayscale and RGB may mix, as every map becomes 3 channels)."""
 
-    def __init__(self) -> None:
+    def __init__(self, mixed_sizes: bool = False) -> None:
         self.shape: tuple[int, ...] | None = None
         self.dtype: str | None = None
         self.first: Path | None = None
+        self.mixed_sizes = mixed_sizes
 
     def read(self, path: Path) -> np.ndarray:
         arr, dtype = read_map_raw(path)
         if self.shape is None:
             self.shape, self.dtype, self.first = arr.shape, dtype, path
-        elif arr.shape != self.shape:
+        elif arr.shape != self.shape and not self.mixed_sizes:
             raise InputError(f"{path}: shape {arr.shape} differs from {self.shape} of {self.first}")
         elif dtype != self.dtype:
             raise InputError(f"{path}: stored as {dtype}, but {self.first} as {self.dtype}; "
@@ -132,7 +140,7 @@ def scan_hdmap(domain_root: Path) -> list[dict]:
 
 
 def scan_mvtec(domain_root: Path) -> list[dict]:
-    check, rows = _ShapeCheck(), []
+    check, rows = _ShapeCheck(mixed_sizes=True), []
     test_root = domain_root / "test"
     if not test_root.is_dir():
         raise InputError(f"{test_root}: folder missing (expected MVTec layout train/good, test/*)")

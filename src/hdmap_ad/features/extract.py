@@ -195,32 +195,34 @@ def cache_metadata(
 
 def read_batch(
     items: Sequence[tuple[str, str]], expected: tuple[tuple[int, ...], str] | None
-) -> tuple[np.ndarray, tuple[tuple[int, ...], str]]:
-    """Read maps and stack them; all must share one shape.
+) -> tuple[list[np.ndarray], tuple[tuple[int, ...], str]]:
+    """Read maps.
+
+    Sizes may differ (folder datasets with images of several sizes; the manifest refuses
+    them for HDMAP layouts): every map is resized to the backbone's input on its own.
 
     Args:
         items: ``(image_id, path)`` pairs.
         expected: ``(shape, path)`` of the first map seen so far, or None.
 
     Returns:
-        float32 ``(n, H, W)`` or ``(n, H, W, 3)``, and the reference ``(shape, path)``.
-
-    Raises:
-        InputError: naming the first map whose shape differs, and both shapes.
+        float32 maps ``(H, W)`` or ``(H, W, 3)``, and the first map's ``(shape, path)``.
     """
-    maps = []
-    for _, path in items:
-        arr = read_map(path)
-        if expected is None:
-            expected = (arr.shape, str(path))
-        elif arr.shape != expected[0]:
-            raise InputError(
-                f"{path}: map shape {arr.shape} differs from {expected[0]} of {expected[1]}; "
-                "all maps of one feature cache must have the same shape"
-            )
-        maps.append(arr)
+    maps = [read_map(path) for _, path in items]
+    if expected is None and maps:
+        expected = (maps[0].shape, str(items[0][1]))
     assert expected is not None
-    return np.stack(maps), expected
+    return maps, expected
+
+
+def preprocess_maps(maps: list[np.ndarray], cfg: BackboneConfig, mean: Triple,
+                    std: Triple) -> torch.Tensor:
+    """Backbone input ``(n, 3, S, S)`` of maps that may differ in size or channels: one
+    batched resize where they all match (the common case), else one resize per map (the
+    same numbers per map either way)."""
+    if len({m.shape for m in maps}) == 1:
+        return preprocess(np.stack(maps), cfg, mean, std)
+    return torch.cat([preprocess(m[None], cfg, mean, std) for m in maps])
 
 
 def check_finite(feats: Mapping[str, np.ndarray], chunk: Sequence[tuple[str, str]]) -> None:
@@ -295,13 +297,13 @@ def extract_to_cache(
         for start in range(0, len(items), cfg.batch_size):
             chunk = items[start : start + cfg.batch_size]
             maps, expected = read_batch(chunk, expected)
-            feats = extract_batch(model, preprocess(maps, cfg, mean, std), layers, cfg.patch_pool,
-                                  cfg.autocast_cuda)
+            feats = extract_batch(model, preprocess_maps(maps, cfg, mean, std), layers,
+                                  cfg.patch_pool, cfg.autocast_cuda)
             if not writers:
                 for layer in layers:
                     shape = tuple(feats[layer].shape[1:])
                     meta = cache_metadata(
-                        cfg, info, layer, shape, mean, std, maps.shape[1:], device
+                        cfg, info, layer, shape, mean, std, maps[0].shape, device
                     ) | (provenance or {})
                     writers[layer] = stack.enter_context(
                         open_feature_writer(Path(out_paths[layer]), shape, meta)

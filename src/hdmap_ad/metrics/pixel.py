@@ -270,9 +270,18 @@ def read_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
     return mask
 
 
+def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a bool mask (identity when the shape already matches)."""
+    if mask.shape == tuple(shape):
+        return mask
+    t = torch.from_numpy(mask.astype(np.float32))[None, None]
+    return F.interpolate(t, size=tuple(int(x) for x in shape), mode="nearest-exact")[0, 0] \
+        .numpy() > 0.5
+
+
 def masked_pixel_metrics(
     patch_scores: np.ndarray, mask_paths: list[str], is_good: np.ndarray,
-    image_shape: tuple[int, int],
+    image_shape: tuple[int, int], own_shapes: list[tuple[int, int]] | None = None,
 ) -> dict[str, float | None] | None:
     """Pixel AUROC and PRO of scored test maps, or None where any defect lacks a mask.
 
@@ -280,13 +289,16 @@ def masked_pixel_metrics(
         patch_scores: ``(N, gh, gw)`` patch-score grids.
         mask_paths: ``N`` mask files (``""`` for good maps, which count as all normal).
         is_good: ``(N,)`` bool.
-        image_shape: ``(H, W)`` of the images; maps are upsampled to it (gaussian sigma 4).
+        image_shape: ``(H, W)`` the anomaly maps are upsampled to (gaussian sigma 4).
+        own_shapes: each map's own ``(H, W)`` where sizes differ (folder datasets): its mask
+            must have that shape and is resized (nearest) to ``image_shape``.
     """
     if not any(mask_paths) or any(not m for m, g in zip(mask_paths, is_good, strict=True)
                                   if not g):
         return None
+    own = own_shapes or [tuple(image_shape)] * len(mask_paths)
     masks = np.stack([
-        np.zeros(image_shape, bool) if g else read_mask(m, image_shape)
-        for m, g in zip(mask_paths, is_good, strict=True)
+        np.zeros(image_shape, bool) if g else _resize_mask(read_mask(m, s), image_shape)
+        for m, g, s in zip(mask_paths, is_good, own, strict=True)
     ])
     return pixel_metrics(anomaly_map(patch_scores, image_shape), masks)

@@ -126,11 +126,18 @@ def metrics_step(scores_path: str, meta_path: str, manifest_path: str,
     prov = provenance(domain, manifest, feature_paths)
     test = (scores.role == "test").to_numpy()
     pixel = None
-    if get_method(meta["experiment"]["method"]["name"]).localizes:
-        masks = manifest.set_index("image_id").loc[scores.image_id[test], "mask_path"]
-        shape = next(iter(prov["features"].values()))["map_shape"][:2]
+    rows = manifest.set_index("image_id").loc[scores.image_id[test]]
+    sizes = list(zip(rows.height, rows.width, strict=True)) if "height" in rows else []
+    first_layer = next(iter(prov["features"].values()))
+    mixed = len(set(sizes)) > 1
+    # aspect-pad on maps of several sizes: each grid covers a different share of padding, so
+    # no common pixel frame exists; pixel metrics are then not reported
+    if get_method(meta["experiment"]["method"]["name"]).localizes and not (
+            mixed and first_layer.get("resize") == "aspect-pad"):
+        shape = tuple(sizes[0]) if sizes else tuple(first_layer["map_shape"][:2])
         pixel = masked_pixel_metrics(
             table.column("patch_scores").combine_chunks().to_numpy_ndarray()[test],
-            masks.tolist(), (scores.label[test] == "good").to_numpy(), tuple(shape),
+            rows.mask_path.tolist(), (scores.label[test] == "good").to_numpy(), shape,
+            own_shapes=sizes if mixed else None,
         )
     write_json(out, build_metrics(scores, meta, prov, pixel))
