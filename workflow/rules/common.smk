@@ -25,6 +25,11 @@ ROOT = DATASET.root
 RESULT_PREFIX = DATASET.result_prefix
 # bank and score jobs: a GPU where the job lands on one (device cuda|auto), else the CPU
 STEP_DEVICE = "cpu" if PARAMS.device == "cpu" else "auto"
+#: Threads of the heavy steps (extract, fit, score): every core Snakemake is given, up to a
+#: cap past which BLAS/faiss gain little on these sizes; Snakemake scales them down to the
+#: cores left, and a profile can set them per rule (`set-threads`).
+THREAD_CAP = 16
+STEP_THREADS = max(1, min(workflow.cores or 1, THREAD_CAP))
 
 
 def code(*entries):

@@ -19,7 +19,7 @@ for _key, _bb in PARAMS.backbones.items():
             device=PARAMS.device,
             weights_package=weights_package_version(_bb),  # a new release re-extracts
             outdates=domain_outdates,  # renamed *.outdated before a re-run
-        threads: workflow.cores
+        threads: STEP_THREADS
         resources:
             gpu=1 if PARAMS.device == "cuda" else 0,
         log:

@@ -12,7 +12,7 @@ rule fit:
         spec=experiment_spec,
         outdates=experiment_outdates,  # renamed *.outdated before a re-run
         device=STEP_DEVICE,  # e.g. PatchCore's coreset selection
-    threads: 1
+    threads: STEP_THREADS
     log:
         f"{WORK}/logs/fit/{{domain}}_{{experiment}}.log",
     shell:

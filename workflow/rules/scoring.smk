@@ -12,7 +12,7 @@ rule score:
         spec=experiment_spec,
         outdates=experiment_outdates,  # renamed *.outdated before a re-run
         device=STEP_DEVICE,  # exact search, with a faiss GPU build
-    threads: 1
+    threads: STEP_THREADS
     log:
         f"{WORK}/logs/score/{{domain}}_{{experiment}}.log",
     shell:

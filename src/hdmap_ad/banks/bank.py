@@ -67,7 +67,8 @@ def assign_references(refs: pd.DataFrame, mode: str, fit: GateFit) -> np.ndarray
 
 
 def fit_sub_models(
-    desc: np.ndarray, assignment: np.ndarray, exp: ExperimentConfig, device: str = "cpu"
+    desc: np.ndarray, assignment: np.ndarray, exp: ExperimentConfig, device: str = "cpu",
+    progress: bool = False,
 ) -> dict[str, FittedModel]:
     """Fit the experiment's method once per sub-model, each on its own references only.
 
@@ -85,7 +86,7 @@ def fit_sub_models(
     for name in sorted(set(assignment)):
         pos = np.flatnonzero(assignment == name)
         ctx = FitContext(seed=exp.seed, device=device, where=f"experiments.{exp.key}.method",
-                         ref_ids=tuple(str(i) for i in pos))
+                         ref_ids=tuple(str(i) for i in pos), progress=progress)
         models[name] = method.fit(desc[pos], exp.method.options, ctx)
     return models
 
@@ -111,7 +112,8 @@ def load_models(folder: str | Path, meta: dict[str, Any], exp: ExperimentConfig,
 
 
 def build_bank(
-    refs: pd.DataFrame, desc: np.ndarray, exp: ExperimentConfig, device: str = "cpu"
+    refs: pd.DataFrame, desc: np.ndarray, exp: ExperimentConfig, device: str = "cpu",
+    progress: bool = False,
 ) -> tuple[dict[str, FittedModel], GateFit, np.ndarray]:
     """Fit the gate on ``refs``, assign each to a sub-model and fit the method on each.
 
@@ -135,7 +137,7 @@ def build_bank(
                 f"experiments.{exp.key}.method: {method.name} needs at least "
                 f"{method.min_references(exp.method.options)} references per sub-model; "
                 f"sub-model {name!r} has {n}")
-    return fit_sub_models(desc, assignment, exp, device), fit, assignment
+    return fit_sub_models(desc, assignment, exp, device, progress=progress), fit, assignment
 
 
 def bank_metadata(
@@ -202,7 +204,7 @@ def fit_experiment(exp: ExperimentConfig, manifest_path: str, feature_paths: lis
             f"have {len(sizes)} sizes and resize: aspect-pad pads each differently; use "
             "resize: bilinear for this backbone or a method that is not per-position")
     desc = DescriptorSource(feature_paths, refs.image_id.tolist(), exp.descriptor, where)()
-    models, fit, assignment = build_bank(refs, desc, exp, device)
+    models, fit, assignment = build_bank(refs, desc, exp, device, progress=True)
     meta = bank_metadata(exp, refs, assignment, fit, models, desc.shape[1:4])
     meta["provenance"] = prov
     save_models(model_dir, models, exp)

@@ -69,12 +69,17 @@ def block_size(n: int) -> int:
 
 
 def _select_numpy(aug: np.ndarray, k: int, start: int, block: int | None = None,
-                  counts: dict | None = None) -> np.ndarray:
+                  counts: dict | None = None, progress: bool = False) -> np.ndarray:
     """Greedy k-center over ``aug`` rows (see the module docstring), ``k`` picks from ``start``.
 
     ``block``: candidates per distance block (default ``block_size(n)``); ``counts`` (if
-    given) receives ``passes``, the number of blocks computed.
+    given) receives ``passes``, the number of blocks computed. ``progress``: a bar on stderr
+    (points selected, points/s, ETA, passes over the data so far), refreshed every 2 s.
     """
+    from tqdm import tqdm
+
+    bar = tqdm(total=k, unit="pt", desc="coreset", disable=not progress, mininterval=2.0,
+               smoothing=0.1)
     n, d2 = aug.shape
     d = d2 - 2
     m = block_size(n) if block is None else max(1, min(int(block), n))
@@ -104,8 +109,12 @@ def _select_numpy(aug: np.ndarray, k: int, start: int, block: int | None = None,
             rows_of = {int(c): j for j, c in enumerate(cands)}
             row = 0
             passes += 1
+            bar.set_postfix(passes=passes, refresh=False)
         np.minimum(min_d, buf[row], out=min_d)
         cur = int(np.argmax(min_d))
+        bar.update(1)
+    bar.update(k - bar.n)
+    bar.close()
     if counts is not None:
         counts["passes"] = passes
     return selected
@@ -145,6 +154,7 @@ def greedy_coreset(
     proj_dim: int | None = DEFAULT_PROJ_DIM,
     device: str = "cpu",
     k: int | None = None,
+    progress: bool = False,
 ) -> np.ndarray:
     """Indices of a greedy k-center coreset.
 
@@ -160,6 +170,7 @@ def greedy_coreset(
             distances in the feature space.
         device: ``cpu``, or ``cuda`` to run the selection loop on the GPU when one is present.
         k: select exactly this many points instead of ``coreset_size(N, ratio)``.
+        progress: show the selection's progress on stderr (CPU loop).
 
     Returns:
         ``(k,)`` int64 indices in selection order.
@@ -179,7 +190,7 @@ def greedy_coreset(
 
         if torch.cuda.is_available():
             return _select_torch(aug, k, start, device)
-    return _select_numpy(aug, k, start)
+    return _select_numpy(aug, k, start, progress=progress)
 
 
 def coverage_radius(features: np.ndarray, selected: np.ndarray) -> float:

@@ -42,12 +42,15 @@ class FitContext:
     ``seed``: the experiment seed (coreset start, channel subsets, initialisation).
     ``device``: ``cpu`` or ``cuda`` (already resolved). ``where``: params key for errors.
     ``ref_ids``: ``image_id`` of each reference map, aligned with the descriptors.
+    ``progress``: show progress of a long fit on stderr (the fit step's own model; never the
+    reference folds).
     """
 
     seed: int = 0
     device: str = "cpu"
     where: str = "method"
     ref_ids: tuple[str, ...] = ()
+    progress: bool = False  # long fits show progress on stderr (the step's log)
 
 
 class FittedModel(ABC):

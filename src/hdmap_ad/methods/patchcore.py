@@ -88,7 +88,8 @@ class PatchCore(Method):
         n, h, w, d = desc.shape
         patches = desc.reshape(-1, d)
         keep = np.sort(greedy_coreset(patches, options.coreset_ratio, ctx.seed,
-                                      proj_dim=options.coreset_proj_dim, device=ctx.device))
+                                      proj_dim=options.coreset_proj_dim, device=ctx.device,
+                                      progress=ctx.progress))
         sources = np.stack([keep // (h * w), keep % (h * w)], axis=1).astype(np.int64)
         return PatchCoreModel(patches[keep], sources, options, ctx.device, len(patches))
 
