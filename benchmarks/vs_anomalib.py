@@ -93,8 +93,8 @@ def prepare_inputs(manifest: pd.DataFrame, backbone: dict, work: Path) -> dict[s
     import torch
 
     from hdmap_ad.config import BackboneConfig
-    from hdmap_ad.features.extract import read_batch
-    from hdmap_ad.features.preprocess import norm_stats, preprocess
+    from hdmap_ad.features.extract import preprocess_maps, read_batch
+    from hdmap_ad.features.preprocess import norm_stats
     from hdmap_ad.features.weights import load_backbone
 
     spec = dict(backbone)
@@ -109,7 +109,7 @@ def prepare_inputs(manifest: pd.DataFrame, backbone: dict, work: Path) -> dict[s
         for s in range(0, len(rows), 64):
             chunk = rows.iloc[s : s + 64]
             maps, _ = read_batch(list(zip(chunk.image_id, chunk.path, strict=True)), None)
-            x = preprocess(maps, cfg, mean, std).numpy()
+            x = preprocess_maps(maps, cfg, mean, std).numpy()
             if arr is None:
                 arr = np.lib.format.open_memmap(work / f"{split}.npy", mode="w+",
                                                 dtype=np.float32, shape=(len(rows), *x.shape[1:]))

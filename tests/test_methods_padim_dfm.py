@@ -13,7 +13,13 @@ import pytest
 from hdmap_ad.errors import InputError
 from hdmap_ad.methods import METHODS, FitContext, MethodConfig, load_model, save_model
 from hdmap_ad.methods.dfm import DFM, DFMOptions
-from hdmap_ad.methods.padim import PaDiM, PaDiMOptions, channel_subset, ledoit_wolf_shrinkage
+from hdmap_ad.methods.padim import (
+    PaDiM,
+    PaDiMOptions,
+    channel_subset,
+    inverse_low_rank_plus_diag,
+    ledoit_wolf_shrinkage,
+)
 from hdmap_ad.options import build_options
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,7 +78,7 @@ def test_shapes_dtypes_and_determinism(name, opts):
 @pytest.mark.parametrize(("name", "opts"), CONFIGS, ids=IDS)
 def test_shifted_patch_scores_highest_where_it_is(name, opts):
     refs, query = _data(n=40), _data(n=4, seed=7)
-    query[1, 3, 5] += 4.0
+    query[1, 3, 5] += 12.0
     _, _, model = _fit(name, opts, refs)
     image, patch = model.score(query)
     assert image[1] > max(image[0], image[2], image[3])
@@ -103,11 +109,26 @@ def test_ledoit_wolf_matches_sklearn():
     rng = np.random.default_rng(0)
     for n in (2, 3, 7, 30):
         x = rng.normal(size=(3, n, 6)) * rng.uniform(0.5, 3.0, size=6)
-        shrunk, s = ledoit_wolf_shrinkage(x - x.mean(axis=1, keepdims=True))
+        xc = x - x.mean(axis=1, keepdims=True)
+        s, mu = ledoit_wolf_shrinkage(xc)
         for p in range(3):
             cov, sk = ledoit_wolf(x[p])
-            np.testing.assert_allclose(shrunk[p], cov, rtol=1e-10, atol=1e-12)
             assert s[p] == pytest.approx(sk, abs=1e-10)
+            shrunk = (1 - s[p]) * xc[p].T @ xc[p] / n + s[p] * mu[p] * np.eye(6)
+            np.testing.assert_allclose(shrunk, cov, rtol=1e-10, atol=1e-12)
+        if n == 2:  # two references: the estimate of the shrinkage is 0
+            np.testing.assert_allclose(s, 0.0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("n", "d"), [(3, 8), (8, 8), (20, 5)])
+def test_inverse_low_rank_plus_diag(n, d):
+    rng = np.random.default_rng(n)
+    b = rng.normal(size=(4, n, d))
+    c = rng.uniform(0.01, 1.0, size=4)
+    inv = inverse_low_rank_plus_diag(b, c)
+    for p in range(4):
+        expected = np.linalg.inv(b[p].T @ b[p] + c[p] * np.eye(d))
+        np.testing.assert_allclose(inv[p], expected, rtol=1e-9, atol=1e-10)
 
 
 @pytest.mark.parametrize("covariance", ["eps", "ledoit_wolf"])
@@ -240,10 +261,12 @@ def test_defaults_and_method_config():
                              "pooling_kernel_size": None}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (REPO / ".venv-anomalib" / "bin" / "python").exists(),
                     reason=".venv-anomalib absent (make .venv-anomalib/.installed)")
 def test_benchmark_sides_agree_on_tiny_descriptors(tmp_path):
-    """The harness's two sides on random descriptors: same PaDiM / DFM scores."""
+    """The harness's two sides on random descriptors: same PaDiM / DFM scores (about 15 s:
+    importing anomalib)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     import methods_vs_anomalib as bench
 

@@ -7,7 +7,8 @@ one vector per map: anomalib's ``DFMModel.get_features`` exactly (default ``k = 
 too; the flattening order differs, which no PCA quantity depends on). ``pooling_kernel_size:
 null`` instead averages the whole grid into one ``D``-vector per map (global average pooling).
 
-Fit: PCA of the reference vectors (mean, then an SVD in float64) keeping the fewest components
+Fit: PCA of the reference vectors (float64, from the eigendecomposition of the ``N x N`` Gram
+matrix of the centred references when ``N`` is the smaller side) keeping the fewest components
 whose cumulative explained variance reaches ``pca_level`` (anomalib's ``PCA`` keeps one fewer:
 the index of the first component reaching the level; see the benchmark), at most the rank of
 the centred references (``<= N - 1``). DFM needs at least 2 references: one map has no variance
@@ -30,7 +31,8 @@ Scores (``score_type``):
   intended one. The patch map stays the reconstruction-error map above (an NLL does not split
   by cell), so ``localizes`` holds for both score types.
 
-All scores are float32, deterministic (no randomness; LAPACK's SVD of the same input).
+All scores are float32, deterministic (no randomness; LAPACK's eigendecomposition of the same
+input; a component's sign is arbitrary and changes no score).
 """
 
 from __future__ import annotations
@@ -67,8 +69,8 @@ def pooled_features(desc: np.ndarray, k: int | None) -> np.ndarray:
         return desc.mean(axis=(1, 2), dtype=np.float64, keepdims=True).astype(np.float32)
     b, h, w, d = desc.shape
     hp, wp = h // k, w // k
-    cells = desc[:, : hp * k, : wp * k].reshape(b, hp, k, wp, k, d)
-    return cells.mean(axis=(2, 4), dtype=np.float64).astype(np.float32)
+    rows = desc[:, : hp * k, : wp * k].reshape(b, hp, k, wp * k, d).sum(axis=2)
+    return rows.reshape(b, hp, wp, k, d).sum(axis=3) * np.float32(1.0 / (k * k))
 
 
 def n_components(variances: np.ndarray, level: float, rank: int) -> int:
@@ -76,6 +78,29 @@ def n_components(variances: np.ndarray, level: float, rank: int) -> int:
     capped at ``rank``."""
     ratios = np.cumsum(variances) / variances.sum()
     return int(min(np.searchsorted(ratios, level, side="left") + 1, rank))
+
+
+def pca(x: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """PCA of ``(N, F)`` float64 rows keeping the fewest components that explain ``level``
+    of the variance: ``(mean (F,), components (F, K), variances (K,), rank)``, components by
+    decreasing variance (``1 / N``), ``rank`` the numerical rank (``K <= rank``).
+
+    From the eigendecomposition of the smaller Gram matrix (``N x N`` when ``N <= F``, then
+    ``V = Xc^T U / sqrt(N * var)``), much cheaper than an SVD of ``Xc`` with few references;
+    eigenvalues below ``1e-12`` of the largest count as 0."""
+    n, f = x.shape
+    mean = x.mean(axis=0)
+    xc = x - mean
+    small = n <= f
+    eigval, eigvec = np.linalg.eigh(xc @ xc.T if small else xc.T @ xc)
+    eigval, eigvec = eigval[::-1], eigvec[:, ::-1]
+    rank = int((eigval > eigval[0] * 1e-12).sum()) if eigval[0] > 0 else 0
+    if rank == 0:
+        return mean, np.zeros((f, 0)), np.zeros(0), 0
+    kept = n_components(eigval[:rank], level, rank)
+    var = eigval[:kept]
+    comps = (xc.T @ eigvec[:, :kept]) / np.sqrt(var) if small else eigvec[:, :kept]
+    return mean, comps, var / n, rank
 
 
 class DFMModel(FittedModel):
@@ -171,20 +196,14 @@ class DFM(Method):
             raise InputError(f"{ctx.where}: DFM needs at least 2 reference maps (a PCA of "
                              f"one map has no variance); got {n}")
         x = pooled_features(desc, k).reshape(n, -1).astype(np.float64)
-        mean = x.mean(axis=0)
-        xc = x - mean
-        _, sing, vt = np.linalg.svd(xc, full_matrices=False)
-        tol = sing.max(initial=0.0) * max(xc.shape) * np.finfo(np.float64).eps
-        rank = int((sing > tol).sum())
+        mean, comps, var, rank = pca(x, options.pca_level)
         if rank == 0:
             raise InputError(f"{ctx.where}: the {n} reference maps have identical pooled "
                              f"features; DFM needs variation among them")
-        var = sing[:rank] ** 2
-        kept = n_components(var, options.pca_level, rank)
-        details = {"references": n, "explained_variance": float(var[:kept].sum() / var.sum()),
+        total = float(((x - mean) ** 2).sum()) / n
+        details = {"references": n, "explained_variance": float(var.sum()) / total,
                    "rank": rank}
-        return DFMModel(mean, vt[:kept].T, var[:kept] / n, (h, w), d, options, ctx.where,
-                        details)
+        return DFMModel(mean, comps, var, (h, w), d, options, ctx.where, details)
 
     def from_state(self, arrays: dict[str, np.ndarray], description: dict[str, Any],
                    options: DFMOptions, ctx: FitContext) -> DFMModel:

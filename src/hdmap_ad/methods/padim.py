@@ -1,25 +1,30 @@
 """PaDiM (Defard et al. 2020): a multivariate Gaussian per patch position.
 
 Fit: a seeded random subset of ``n_features`` channels (``numpy.random.default_rng(seed)``,
-drawn without replacement and sorted; anomalib draws its subset with Python's
-``random.sample``; the order does not change a Mahalanobis distance), then per patch position
-``(h, w)`` the mean and the inverse covariance of the references' descriptors there.
+drawn without replacement and sorted; anomalib 2.7 keeps ``torch.randperm(D)[:n_features]``,
+unsorted, which no Mahalanobis distance depends on; the subset is capped at ``D`` where
+anomalib refuses a larger ``n_features``), then per patch position ``(h, w)`` the mean and the
+inverse covariance of the references' descriptors there.
 
 Covariance (``covariance``), each plus ``eps * I``:
 
-- ``eps``: anomalib's estimate, the unbiased sample covariance (``N - 1``) + ``eps * I``. With
-  one reference the sample covariance is undefined (anomalib divides by zero and yields NaN);
-  here it is taken as 0, so the covariance is ``eps * I``.
+- ``eps``: anomalib's estimate, the unbiased sample covariance (``N - 1``) + ``eps * I``
+  (anomalib adds ``0.01 * I`` and then ``1e-5 * I``). With one reference the sample covariance
+  is undefined (anomalib divides 0 by 0: NaN scores); here it is taken as 0, so the covariance
+  is ``eps * I`` and the score a scaled Euclidean distance to that reference.
 - ``ledoit_wolf`` (default): the Ledoit-Wolf shrunk covariance (``sklearn.covariance.
   ledoit_wolf``'s estimator, computed for all positions at once) + ``eps * I``. With few
-  references the sample covariance is singular and shrinking it towards ``mu * I`` (``mu``
-  = its mean eigenvalue) gives a better conditioned, better ranked estimate. ``eps`` keeps it
-  invertible where the estimated shrinkage is 0: always with 2 references (their centred
-  descriptors are ``+x`` and ``-x``, for which the Ledoit-Wolf estimate of the shrinkage is
-  exactly 0) and with 1 reference (covariance 0, so ``eps * I`` as above).
+  references the sample covariance is singular; shrinking it towards ``mu * I`` (``mu`` = its
+  mean eigenvalue) by the estimated optimal amount gives a well-conditioned estimate without a
+  hand-set regulariser. ``eps`` keeps it invertible where the estimated shrinkage is 0: always
+  with 2 references (their centred descriptors are ``+x`` and ``-x``, for which the
+  Ledoit-Wolf estimate of the shrinkage is exactly 0) and with 1 reference (covariance 0, so
+  ``eps * I`` as above).
 
-Covariances are estimated and inverted in float64 and the inverses stored as float32
-(``H * W * D'^2 * 4`` bytes, 43 MB for a 33 x 33 grid and ``D' = 100``).
+Covariances are estimated and inverted in float64 (with ``N <= D'`` references by the Woodbury
+identity: both estimates are a rank ``<= N`` matrix plus a multiple of ``I``; else through a
+Cholesky factorisation per position) and the inverses stored as float32 (``H * W * D'^2 * 4``
+bytes, 43 MB for a 33 x 33 grid and ``D' = 100``).
 
 Score: the Mahalanobis distance of each query patch to its position's Gaussian (the distance,
 not its square, as anomalib) is the patch score; the image score is the largest patch score
@@ -35,6 +40,7 @@ in a batch of another size.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +70,16 @@ class PaDiMOptions:
         "enum": ("max",), "doc": "image score from the patch grid: its largest patch score"})
 
 
+def _one_blas_thread():
+    """BLAS limited to one thread, for the fit's per-position loops of small scipy BLAS /
+    LAPACK calls between numpy ones: numpy's and scipy's own OpenBLAS thread pools taking
+    turns on a few cores slow them down ten times over."""
+    import scipy.linalg  # noqa: F401  (loads scipy's OpenBLAS, so that the limit covers it)
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def channel_subset(dim: int, n_features: int, seed: int) -> np.ndarray:
     """The sorted channel indices PaDiM keeps: all of them when ``n_features >= dim``, else
     ``n_features`` drawn without replacement by ``numpy.random.default_rng(seed)``."""
@@ -73,67 +89,134 @@ def channel_subset(dim: int, n_features: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(dim, size=n_features, replace=False)).astype(np.int64)
 
 
-def ledoit_wolf_shrinkage(xc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ledoit-Wolf estimate for many groups at once (sklearn's ``ledoit_wolf`` estimator).
+def ledoit_wolf_shrinkage(xc: np.ndarray, scatter: np.ndarray | None = None
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """Ledoit-Wolf shrinkage for many groups at once (sklearn's ``ledoit_wolf`` estimator).
+
+    The shrunk covariance of a group is ``(1 - s) * S + s * mu * I`` with ``S`` the biased
+    (``1 / N``) sample covariance and ``mu = trace(S) / D``. ``|S|_F`` comes from the ``N x N``
+    Gram matrices when ``N <= D`` (``|X^T X|_F = |X X^T|_F``), else from ``scatter``.
 
     Args:
         xc: ``(P, N, D)`` float64 descriptors, centred per group (axis 1 = samples).
+        scatter: ``(P, D, D)`` lower triangles of ``Xc^T Xc`` (upper triangles 0), if at hand.
 
     Returns:
-        ``(shrunk (P, D, D), shrinkage (P,))``: ``(1 - s) * S + s * mu * I`` where ``S`` is
-        the biased (``1 / N``) sample covariance and ``mu = trace(S) / D``.
+        ``(s (P,), mu (P,))``.
     """
     p_groups, n, d = xc.shape
-    emp = np.matmul(xc.transpose(0, 2, 1), xc) / n
-    if d == 1:  # sklearn: no shrinkage of a single feature
-        return emp, np.zeros(p_groups)
     row_sq = np.einsum("pni,pni->pn", xc, xc)                # |x_k|^2 per sample
     trace = row_sq.sum(axis=1) / n                           # trace(S)
     mu = trace / d
+    if d == 1:  # sklearn: no shrinkage of a single feature
+        return np.zeros(p_groups), mu
+    if n <= d:
+        gram = np.matmul(xc, xc.transpose(0, 2, 1))
+        fro2 = np.einsum("pij,pij->p", gram, gram)
+    else:
+        if scatter is None:
+            scatter = _scatter_lower(xc)
+        diag = np.einsum("pii->pi", scatter)
+        fro2 = 2.0 * np.einsum("pij,pij->p", scatter, scatter) - np.einsum("pi,pi->p", diag,
+                                                                           diag)
+    delta_ = fro2 / n**2                                     # |S|_F^2
     beta_ = np.einsum("pn,pn->p", row_sq, row_sq)           # sum_k |x_k|^4
-    delta_ = np.einsum("pij,pij->p", emp, emp)               # |S|_F^2
     beta = (beta_ / n - delta_) / (d * n)
     delta = (delta_ - 2.0 * mu * trace + d * mu**2) / d     # |S - mu I|_F^2 / D
     beta = np.minimum(beta, delta)
     safe = np.where(delta > 0, delta, 1.0)
-    shrinkage = np.where(beta > 0, beta / safe, 0.0)
-    shrunk = (1.0 - shrinkage)[:, None, None] * emp
-    diag = np.arange(d)
-    shrunk[:, diag, diag] += (shrinkage * mu)[:, None]
-    return shrunk, shrinkage
+    return np.where(beta > 0, beta / safe, 0.0), mu
 
 
-def gaussian_per_position(x: np.ndarray, covariance: str, eps: float
+def _scatter_lower(xc: np.ndarray) -> np.ndarray:
+    """Lower triangles of ``Xc^T Xc`` per group (``dsyrk``; upper triangles 0)."""
+    from scipy.linalg import blas
+
+    out = np.empty((xc.shape[0], xc.shape[2], xc.shape[2]))
+    for i, x in enumerate(xc):
+        out[i] = blas.dsyrk(1.0, x, trans=1, lower=1)
+    return out
+
+
+def _spd_inverse_lower(a: np.ndarray) -> np.ndarray:
+    """Inverses of symmetric positive definite matrices given by their lower triangles:
+    Cholesky ``L`` (``dpotrf``), ``W = L^-1`` (``dtrtri``), ``A^-1 = W^T W``."""
+    from scipy.linalg import lapack
+
+    w = np.empty_like(a)
+    for i, m in enumerate(a):
+        factor, info = lapack.dpotrf(m, lower=1, clean=1)
+        if info == 0:
+            w[i], info = lapack.dtrtri(factor, lower=1)
+        if info != 0:  # not numerically positive definite: a general inverse, factored
+            full = np.tril(m) + np.tril(m, -1).T
+            w[i] = np.linalg.cholesky(np.linalg.inv(full)).T
+    return np.matmul(w.transpose(0, 2, 1), w)
+
+
+def inverse_low_rank_plus_diag(b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """``(B^T B + c I)^-1`` for many groups: ``b`` ``(P, N, D)``, ``c`` ``(P,)`` > 0.
+
+    With ``N <= D`` by the Woodbury identity, ``(I - B^T (B B^T + c I_N)^-1 B) / c`` (an
+    ``N x N`` solve per group instead of a ``D x D`` inverse); otherwise through a Cholesky
+    factorisation per group. float64 throughout.
+    """
+    p_groups, n, d = b.shape
+    if n <= d:
+        k = np.matmul(b, b.transpose(0, 2, 1))
+        k[:, np.arange(n), np.arange(n)] += c[:, None]
+        inv = -np.matmul(b.transpose(0, 2, 1), np.linalg.solve(k, b))
+        inv[:, np.arange(d), np.arange(d)] += 1.0
+        return inv / c[:, None, None]
+    a = _scatter_lower(b)
+    a[:, np.arange(d), np.arange(d)] += c[:, None]
+    return _spd_inverse_lower(a)
+
+
+def gaussian_per_position(x: np.ndarray, channels: np.ndarray, covariance: str, eps: float
                           ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Mean and inverse covariance at each position.
 
+    Both estimates have the form ``alpha * Xc^T Xc + c * I`` (``Xc``: the centred references
+    at the position): ``eps``: ``alpha = 1 / (N - 1)`` (0 for one reference), ``c = eps``;
+    ``ledoit_wolf``: ``alpha = (1 - s) / N``, ``c = s * mu + eps``.
+
     Args:
-        x: ``(N, P, D)`` float32 descriptors (P positions).
+        x: ``(N, P, D_all)`` float32 descriptors (P positions).
+        channels: the ``D`` channels modelled (indices into ``D_all``).
         covariance: ``ledoit_wolf`` or ``eps`` (see the module docstring).
 
     Returns:
         ``(mean (P, D) float32, inv_covariance (P, D, D) float32, details)``.
     """
-    n, p, d = x.shape
+    n, p, d = x.shape[0], x.shape[1], len(channels)
     mean = np.zeros((p, d), dtype=np.float64)
     inv = np.empty((p, d, d), dtype=np.float32)
     shrink = []
-    chunk = max(1, _FIT_CHUNK_BYTES // (8 * (3 * d * d + n * d)))
+    m = min(n, d)
+    chunk = max(1, _FIT_CHUNK_BYTES // (8 * (3 * d * d + 2 * n * d + 2 * m * m)))
     diag = np.arange(d)
     for s in range(0, p, chunk):
-        xs = x[:, s : s + chunk].astype(np.float64).transpose(1, 0, 2)   # (P', N, D)
+        xs = np.ascontiguousarray(x[:, s : s + chunk][..., channels].transpose(1, 0, 2),
+                                  dtype=np.float64)                      # (P', N, D)
         mu = xs.mean(axis=1)
         mean[s : s + chunk] = mu
         xc = xs - mu[:, None, :]
-        if n == 1:
-            cov = np.zeros((len(xs), d, d))
-        elif covariance == "eps":
-            cov = np.matmul(xc.transpose(0, 2, 1), xc) / (n - 1)
+        scatter = _scatter_lower(xc) if n > d else None
+        if covariance == "eps" or n == 1:
+            alpha = np.full(len(xs), 1.0 / (n - 1) if n > 1 else 0.0)
+            c = np.full(len(xs), eps)
         else:
-            cov, sh = ledoit_wolf_shrinkage(xc)
+            sh, mu_diag = ledoit_wolf_shrinkage(xc, scatter)
             shrink.append(sh)
-        cov[:, diag, diag] += eps
-        inv[s : s + chunk] = np.linalg.inv(cov)
+            alpha, c = (1.0 - sh) / n, sh * mu_diag + eps
+        if scatter is None:
+            inv[s : s + chunk] = inverse_low_rank_plus_diag(xc * np.sqrt(alpha)[:, None, None],
+                                                            c)
+        else:
+            scatter *= alpha[:, None, None]
+            scatter[:, diag, diag] += c[:, None]
+            inv[s : s + chunk] = _spd_inverse_lower(scatter)
     details: dict[str, Any] = {}
     if shrink:
         sh = np.concatenate(shrink)
@@ -213,8 +296,10 @@ class PaDiM(Method):
         desc = check_descriptors(desc, ctx.where)
         n, h, w, d = desc.shape
         channels = channel_subset(d, options.n_features, ctx.seed)
-        x = desc.reshape(n, h * w, d)[..., channels]
-        mean, inv, details = gaussian_per_position(x, options.covariance, options.eps)
+        # more references than channels: per-position scipy loops (see _one_blas_thread)
+        with _one_blas_thread() if n > len(channels) else contextlib.nullcontext():
+            mean, inv, details = gaussian_per_position(desc.reshape(n, h * w, d), channels,
+                                                       options.covariance, options.eps)
         if not np.isfinite(inv).all():
             raise InputError(f"{ctx.where}: PaDiM covariance not invertible in float32; "
                              f"raise {ctx.where}.eps (now {options.eps})")
