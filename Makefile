@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 CORES ?= all
 
-.PHONY: install demo test lint readme-methods clean-work bench bench-anomalib bench-coreset bench-memory bench-search bench-cache
+.PHONY: install demo test lint readme-methods clean-work bench bench-anomalib bench-methods bench-coreset bench-memory bench-search bench-cache
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ $(ANOMALIB_VENV)/.installed:
 bench-anomalib: install $(ANOMALIB_VENV)/.installed
 	$(BIN)/python benchmarks/vs_anomalib.py
 
+bench-methods: install $(ANOMALIB_VENV)/.installed
+	$(BIN)/python benchmarks/methods_vs_anomalib.py
+
 bench-coreset: install $(ANOMALIB_VENV)/.installed
 	$(BIN)/python benchmarks/coreset_scale.py
 
@@ -56,7 +59,7 @@ bench-cache: install
 # -k: a benchmark that misses its target (exit 1) still leaves the others to run; make
 # then exits non-zero.
 bench:
-	$(MAKE) -k bench-anomalib bench-coreset bench-memory bench-search bench-cache
+	$(MAKE) -k bench-anomalib bench-methods bench-coreset bench-memory bench-search bench-cache
 
 # The README's method table, regenerated from the method registry.
 readme-methods: install
@@ -70,3 +73,37 @@ lint: install
 
 clean-work:
 	rm -rf work results/*.json .snakemake
+
+# A local single-node SLURM (root; installs Debian's slurm-wlm, munge, slurmdbd and
+# mariadb-server when missing) and the SLURM profile run on it for real (a few minutes).
+SLURM_STATE ?= /tmp/hdmap-ad-slurm
+.PHONY: slurm-up slurm-down test-slurm
+
+slurm-up:
+	HDMAP_AD_SLURM_STATE=$(SLURM_STATE) bash tests/cluster/slurm_up.sh
+
+slurm-down:
+	HDMAP_AD_SLURM_STATE=$(SLURM_STATE) bash tests/cluster/slurm_down.sh
+
+test-slurm: install slurm-up
+	SLURM_CONF=$(SLURM_STATE)/slurm.conf HDMAP_AD_SLURM_LIVE=1 PATH=$(abspath $(BIN)):$$PATH \
+	  python -m pytest -q -s -p no:cacheprovider tests/cluster/test_slurm_live.py
+
+# Deployment: the web app over this checkout's run (after `make demo`), the browser smoke test
+# (installs Debian's chromium and chromium-driver when missing; writes docs/app_*.png from
+# the demo's results) and the predict memory benchmark.
+APP_PORT ?= 8501
+.PHONY: app test-browser bench-predict
+
+app: install
+	PATH=$(abspath $(BIN)):$$PATH python -m hdmap_ad app --port $(APP_PORT)
+
+test-browser: install
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
+	   chromium-driver)
+	$(BIN)/python -c "import selenium" 2>/dev/null || $(BIN)/python -m pip install -q 'selenium>=4.20'
+	HDMAP_AD_SCREENSHOTS=docs PATH=$(abspath $(BIN)):$$PATH python -m pytest -q -rs tests/test_browser.py
+
+bench-predict: install
+	$(BIN)/python benchmarks/predict_memory.py
