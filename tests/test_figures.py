@@ -114,3 +114,21 @@ def test_worst_cases():
     assert fn == ["f1", "f3", "f2"]
     assert fp == ["g3", "g1", "g2"]  # g2 == threshold counts as a false positive
     assert worst_cases(table, threshold=10.0, k=0) == ([], [])
+
+
+def test_forest_plot(tmp_path):
+    from hdmap_ad.report.figures import forest_plot
+
+    rows = [{"group": g, "claim": c, "delta": d, "ci95": ci, "claimed": c == "condition_macro",
+             "verdict": "inconclusive", "single": single}
+            for g in ("C", "macro")
+            for c, d, ci, single in (("pooled", 0.02, [0.01, 0.03], [0.0, 0.04]),
+                                     ("condition_macro", 0.0, [-0.01, 0.01], None),
+                                     ("cold", None, None, None),
+                                     ("warm", -0.001, [-0.002, 0.0], [-0.003, 0.001]))]
+    path = tmp_path / "forest.png"
+    forest_plot(rows, path, "H2: delta AUROC", margin=0.005)
+    _check_png(path)
+    empty = tmp_path / "e" / "forest.png"
+    forest_plot([], empty, "nothing")
+    _check_png(empty)

@@ -79,7 +79,8 @@ TINY = {
             "seeds": [0, 1],
         },
     },
-    "hypotheses": {"H2_gating": {"a": "ungated", "b": "gated", "domains": ["C"], "n_boot": 200}},
+    "hypotheses": {"H2_gating": {"a": "ungated", "b": "gated", "domains": ["C"], "n_boot": 200,
+                                 "seeds": [0, 1]}},
     "targets": {"experiments": ["ungated", "gated", "cpd_soft", "swept"]},
 }
 
@@ -145,19 +146,29 @@ def test_dag_runs_and_reruns_only_what_changed(project: Path):
     assert len(rows[rows.domain == "C"]) == 3 + 4 and (rows.domain == "macro").sum() == 7
     hyp = json.loads((project / "results/hypotheses/H2_gating.json").read_text())
     assert hyp["verdict"] in ("supported", "refuted", "inconclusive")
-    ci = hyp["results"]["C"][0]["auroc"]["ci95"]
-    assert ci[0] <= hyp["results"]["C"][0]["auroc"]["delta"] <= ci[1]
+    assert hyp["claim"] == "condition_macro"  # the arms differ in gate
+    (entry,) = hyp["results"]["C"]
+    assert entry["seeds"] == [0, 1] and entry["variants_b"] == ["gated", "gated_s1"]
+    assert set(entry["claims"]) == {"pooled", "condition_macro", "cold", "warm"}
+    assert entry["verdict"] == entry["claims"]["condition_macro"]["verdict"]
+    ci = entry["auroc"]["ci95"]
+    assert ci[0] <= entry["auroc"]["delta"] <= ci[1]
+    assert [p["ref_seed"] for p in entry["per_seed"]] == [0, 1]
+    assert set(entry["gate_routing"]["b"]["decisions"]) == {
+        "cold/good", "cold/fault", "warm/good", "warm/fault"}
+    assert (project / "results/figures/hypothesis_H2_gating_forest.png").is_file()
     assert "domainC_gated" in json.loads((project / "results/metrics.json").read_text())
 
     # nothing to do on a second run
     out = _smk(project, "-n", "results/domainC_gated.json")
     assert "Nothing to be done" in out, out[-2000:]
 
-    # a bank-only param change re-runs bank/score/metrics of that experiment, no extraction
+    # a bank-only param change re-runs bank/score/metrics of that experiment (and of its
+    # seed-1 run for H2, which inherits it), no extraction
     before = (project / "results/domainC_ungated.json").read_bytes()
     _set_ratio(project, "gated", 0.25)
     jobs = _jobs(_smk(project, "-n", "all"))
-    assert jobs.get("fit") == 1 and jobs.get("score") == 1, jobs
+    assert jobs.get("fit") == 2 and jobs.get("score") == 2, jobs
     assert not any(rule.startswith("extract_") for rule in jobs), jobs
     _smk(project, "all")
     assert (project / "results/domainC_ungated.json").read_bytes() == before

@@ -9,7 +9,7 @@ inputs changed; ``*.from_dict`` turns that JSON back into a config.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -164,12 +164,26 @@ class Variant:
     seed: int | None
 
 
+#: What a hypothesis may be about: the AUROC over all test maps (``pooled``), the mean of the
+#: cold and warm AUROC (``condition_macro``: detection within a condition, blind to how one
+#: threshold serves both), or one condition alone.
+CLAIMS = ("pooled", "condition_macro", "cold", "warm")
+#: Reference seeds of a hypothesis whose arms are not sweeps over ``seeds``.
+DEFAULT_HYPOTHESIS_SEEDS = (0, 1, 2, 3, 4)
+
+
 @dataclass(frozen=True)
 class HypothesisConfig:
     """A comparison: experiment (or sweep) ``b`` claimed better than ``a`` on ``domains``.
 
-    Paired bootstrap over test images (``n_boot`` resamples, ``seed``); the verdict is
-    supported when the 95% interval of delta AUROC (b - a) lies above ``margin``.
+    Both arms run over several reference draws (``seeds``; default
+    :data:`DEFAULT_HYPOTHESIS_SEEDS`, or the arms' own ``seeds`` when they are sweeps over
+    seeds): seed ``s`` re-draws the references (``references.seed``) and the method's seed, as
+    a sweep's ``seeds`` do. Two-level bootstrap (seeds, then test maps; ``n_boot`` resamples,
+    ``seed``); the verdict on ``claim`` (one of :data:`CLAIMS`; default ``condition_macro``
+    when the arms differ in gate, else ``pooled``) is supported when its 95% interval of delta
+    AUROC (b - a) lies above ``margin``. ``oracle`` names an oracle-gated experiment (or sweep)
+    shown beside the gated arm.
     """
 
     key: str
@@ -180,6 +194,25 @@ class HypothesisConfig:
     seed: int = 0
     margin: float = 0.0
     description: str = ""
+    seeds: tuple[int, ...] | None = None
+    claim: str | None = None
+    oracle: str | None = None
+
+
+@dataclass(frozen=True)
+class HypothesisPlan:
+    """A hypothesis resolved against the experiments: its claim, seeds and concrete runs.
+
+    ``a``, ``b`` (and ``oracle``) are aligned tuples of variants, one per budget x seed;
+    ``claim_default`` says whether the claim came from the default rule.
+    """
+
+    claim: str
+    claim_default: bool
+    seeds: tuple[int, ...]
+    a: tuple[Variant, ...]
+    b: tuple[Variant, ...]
+    oracle: tuple[Variant, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -199,12 +232,41 @@ class Params:
     target_experiments: tuple[str, ...] = ()
     sweeps: dict[str, tuple[Variant, ...]] = field(default_factory=dict)
     hypotheses: dict[str, HypothesisConfig] = field(default_factory=dict)
+    hypothesis_plans: dict[str, HypothesisPlan] = field(default_factory=dict)
 
     def variants(self, name: str) -> tuple[Variant, ...]:
         """The concrete runs of an experiment or sweep name."""
         if name in self.sweeps:
             return self.sweeps[name]
         return (Variant(name, None, None),)
+
+    def hypothesis_protocol(self, name: str) -> dict[str, Any]:
+        """What a hypothesis compares, as data for its verdict file and the report: the arms
+        (experiment, gate, method), budgets, seeds, domains and the reference protocol."""
+        h, plan = self.hypotheses[name], self.hypothesis_plans[name]
+        first = self.experiments[plan.b[0].key]
+        refs = first.references
+        budgets = list(dict.fromkeys(v.budget for v in plan.b))
+        per_budget = []
+        for budget in budgets:
+            r = self.experiments[next(v.key for v in plan.b if v.budget == budget)].references
+            per_budget.append({"budget": budget, **(
+                {"k": r.k} if r.protocol == "train" else
+                {} if r.protocol == "full" else {"n_cold": r.n_cold, "n_warm": r.n_warm})})
+        arms = {}
+        for arm, variants in (("a", plan.a), ("b", plan.b), ("oracle", plan.oracle)):
+            if variants:
+                exp = self.experiments[variants[0].key]
+                arms[arm] = {"experiment": getattr(h, arm), "gate": exp.gate,
+                             "method": exp.method.name}
+        return {
+            "domains": list(h.domains),
+            "budgets": budgets,
+            "seeds": list(plan.seeds),
+            "references": {"protocol": refs.protocol, "pick": refs.pick,
+                           "per_budget": per_budget},
+            "arms": arms,
+        }
 
 
 def validate_params(raw: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> None:
@@ -259,6 +321,87 @@ def expand_sweep(
     return out, tuple(variants)
 
 
+def _seed_variants(
+    name: str, seeds: tuple[int, ...], experiments: dict[str, ExperimentConfig],
+    sweeps: dict[str, tuple[Variant, ...]], where: str,
+) -> tuple[Variant, ...]:
+    """The runs of arm ``name`` over reference ``seeds`` (new experiments go into
+    ``experiments``).
+
+    A sweep over ``seeds`` is its own answer. Otherwise every run (each budget of a sweep over
+    budgets) is repeated per seed as a sweep's ``seeds`` would: ``references.seed`` and
+    ``seed`` set to ``s``, named ``<name>[_b<budget>]_s<seed>``; a run whose two seeds are
+    already ``s`` is reused as it is (no duplicate fit).
+    """
+    base = sweeps.get(name, (Variant(name, None, None),))
+    if any(v.seed is not None for v in base):
+        return base
+    out = []
+    for v in base:
+        exp = experiments[v.key]
+        for s in seeds:
+            if exp.seed == s and exp.references.seed == s:
+                out.append(Variant(v.key, v.budget, s))
+                continue
+            key = _variant_key(name, v.budget, s)
+            cfg = replace(exp, key=key, seed=s, references=replace(exp.references, seed=s))
+            if key in experiments and experiments[key] != cfg:
+                raise InputError(f"{where}: the run {key!r} for seed {s} of {name!r} clashes "
+                                 "with an experiment of that name; rename it")
+            experiments[key] = cfg
+            out.append(Variant(key, v.budget, s))
+    return tuple(out)
+
+
+def _hypothesis_plan(
+    h: HypothesisConfig, experiments: dict[str, ExperimentConfig],
+    sweeps: dict[str, tuple[Variant, ...]], has_conditions: bool,
+) -> HypothesisPlan:
+    """Resolve seeds, claim and concrete runs of one hypothesis (see HypothesisConfig)."""
+    where = f"hypotheses.{h.key}"
+    arms = [h.a, h.b] + ([h.oracle] if h.oracle else [])
+    swept = {x: sorted({v.seed for v in sweeps.get(x, ()) if v.seed is not None})
+             for x in arms}
+    own = {tuple(v) for v in swept.values() if v}
+    if own:
+        seeds = own.pop()
+        if own or any(not v for v in swept.values()):
+            raise InputError(f"{where}: the arms must sweep the same seeds")
+        if h.seeds is not None and sorted(h.seeds) != list(seeds):
+            raise InputError(f"{where}.seeds: {list(h.seeds)} differ from the seeds the arms "
+                             f"sweep ({list(seeds)}); give them in one place")
+        seeds = tuple(seeds)
+    else:
+        seeds = tuple(h.seeds) if h.seeds is not None else DEFAULT_HYPOTHESIS_SEEDS
+    if len(set(seeds)) != len(seeds):
+        raise InputError(f"{where}.seeds: {list(seeds)} repeats a seed")
+    runs = {x: _seed_variants(x, seeds, experiments, sweeps, where) for x in arms}
+    shapes = {x: [(v.budget, v.seed) for v in vs] for x, vs in runs.items()}
+    if shapes[h.b] != shapes[h.a] or (h.oracle and shapes[h.oracle] != shapes[h.a]):
+        raise InputError(f"{where}: {h.a!r} and {h.b!r}"
+                         + (f" and oracle {h.oracle!r}" if h.oracle else "")
+                         + " must have the same budgets and seeds to be compared pairwise")
+    if h.oracle:
+        gates = {experiments[v.key].gate for v in runs[h.oracle]}
+        if gates != {"oracle"}:
+            raise InputError(f"{where}.oracle: {h.oracle!r} is not oracle-gated "
+                             f"(gate {sorted(gates)})")
+    gated_differ = any(experiments[va.key].gate != experiments[vb.key].gate
+                       for va, vb in zip(runs[h.a], runs[h.b], strict=True))
+    if h.claim is None:
+        claim = "condition_macro" if has_conditions and gated_differ else "pooled"
+    else:
+        claim = h.claim
+        if claim not in CLAIMS:
+            raise InputError(f"{where}.claim: {claim!r} is not one of {CLAIMS}")
+        if claim != "pooled" and not has_conditions:
+            raise InputError(f"{where}.claim: {claim!r} needs cold/warm conditions, which "
+                             "this dataset does not have; use pooled")
+    return HypothesisPlan(claim=claim, claim_default=h.claim is None, seeds=seeds,
+                          a=runs[h.a], b=runs[h.b],
+                          oracle=runs[h.oracle] if h.oracle else None)
+
+
 def _check_moved_keys(raw: dict[str, Any]) -> None:
     """Name keys of an older params layout before the schema reports them as unexpected."""
     for key, exp in (raw.get("experiments") or {}).items():
@@ -304,12 +447,16 @@ def parse_params(raw: dict[str, Any]) -> Params:
     if unknown:
         raise InputError(f"targets.experiments: {unknown} are not defined under experiments")
     domains = tuple(str(d) for d in raw["domains"])
-    hypotheses = {}
+    dataset = DatasetConfig.from_dict(raw["dataset"])
+    hypotheses, plans = {}, {}
     for hkey, h in (raw.get("hypotheses") or {}).items():
         hdomains = tuple(str(d) for d in h.get("domains", domains))
-        hyp = _build(HypothesisConfig, {**h, "key": hkey, "domains": hdomains},
+        hseeds = None if h.get("seeds") is None else tuple(h["seeds"])
+        hyp = _build(HypothesisConfig, {**h, "key": hkey, "domains": hdomains, "seeds": hseeds},
                      f"hypotheses.{hkey}")
-        for arm in ("a", "b"):
+        for arm in ("a", "b", "oracle"):
+            if arm == "oracle" and hyp.oracle is None:
+                continue
             if getattr(hyp, arm) not in names:
                 raise InputError(f"hypotheses.{hkey}.{arm}: unknown experiment "
                                  f"{getattr(hyp, arm)!r}")
@@ -322,10 +469,10 @@ def parse_params(raw: dict[str, Any]) -> Params:
         if bad:
             raise InputError(f"hypotheses.{hkey}.domains: {bad} not in domains")
         hypotheses[hkey] = hyp
+        plans[hkey] = _hypothesis_plan(hyp, experiments, sweeps, dataset.has_conditions)
     unknown = [h for h in raw.get("targets", {}).get("hypotheses", []) if h not in hypotheses]
     if unknown:
         raise InputError(f"targets.hypotheses: {unknown} are not defined under hypotheses")
-    dataset = DatasetConfig.from_dict(raw["dataset"])
     if not dataset.has_conditions:
         for name in targets:
             for v in sweeps.get(name, (Variant(name, None, None),)):
@@ -338,6 +485,7 @@ def parse_params(raw: dict[str, Any]) -> Params:
     return Params(
         sweeps=sweeps,
         hypotheses=hypotheses,
+        hypothesis_plans=plans,
         target_experiments=targets,
         dataset=dataset,
         domains=domains,

@@ -183,24 +183,31 @@ def sweep_spec(wildcards):
 
 
 def _hypothesis_pairs(name):
-    h = PARAMS.hypotheses[name]
+    """One pair of runs per domain x budget x reference seed (plus the oracle arm's run)."""
+    h, plan = PARAMS.hypotheses[name], PARAMS.hypothesis_plans[name]
+    oracle = plan.oracle or [None] * len(plan.a)
     return [
         {"domain": d, "variant_a": va.key, "variant_b": vb.key, "budget": va.budget,
-         "seed": va.seed, "scores_a": scores_path(d, va.key), "scores_b": scores_path(d, vb.key)}
+         "seed": va.seed, "scores_a": scores_path(d, va.key), "scores_b": scores_path(d, vb.key),
+         **({"variant_oracle": vo.key, "scores_oracle": scores_path(d, vo.key)} if vo else {})}
         for d in h.domains
-        for va, vb in zip(PARAMS.variants(h.a), PARAMS.variants(h.b))
+        for va, vb, vo in zip(plan.a, plan.b, oracle)
     ]
 
 
 def hypothesis_scores(wildcards):
     pairs = _hypothesis_pairs(wildcards.hypothesis)
-    return sorted({p["scores_a"] for p in pairs} | {p["scores_b"] for p in pairs})
+    return sorted({p[k] for p in pairs for k in ("scores_a", "scores_b", "scores_oracle")
+                   if k in p})
 
 
 def hypothesis_spec(wildcards):
-    h = PARAMS.hypotheses[wildcards.hypothesis]
-    return json.dumps({"key": h.key, "a": h.a, "b": h.b, "n_boot": h.n_boot, "seed": h.seed,
-                       "margin": h.margin, "description": h.description,
+    h, plan = PARAMS.hypotheses[wildcards.hypothesis], PARAMS.hypothesis_plans[wildcards.hypothesis]
+    return json.dumps({"key": h.key, "a": h.a, "b": h.b, "oracle": h.oracle,
+                       "n_boot": h.n_boot, "seed": h.seed, "margin": h.margin,
+                       "description": h.description, "claim": plan.claim,
+                       "claim_default": plan.claim_default,
+                       "protocol": PARAMS.hypothesis_protocol(wildcards.hypothesis),
                        "pairs": _hypothesis_pairs(wildcards.hypothesis)}, sort_keys=True)
 
 

@@ -32,7 +32,8 @@ rule sweep:
 
 
 rule hypothesis:
-    """Paired bootstrap verdict of one hypothesis (params: hypotheses.<name>)."""
+    """Verdicts of one hypothesis (params: hypotheses.<name>): both arms over its reference
+    seeds, two-level bootstrap per domain x budget x claim, macro over domains."""
     input:
         scores=hypothesis_scores,
         code=code("hdmap_ad.report.hypothesis"),

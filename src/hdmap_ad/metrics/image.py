@@ -53,7 +53,12 @@ def accuracy_at(y: np.ndarray, s: np.ndarray, threshold: float | None) -> float 
 def detection_metrics(
     y: np.ndarray, s: np.ndarray, best_thr: float | None, deploy_thr: float | None
 ) -> dict[str, Any]:
-    """Metrics of one group of maps. ``y``: 1 = fault; ``s``: image scores."""
+    """Metrics of one group of maps. ``y``: 1 = fault; ``s``: image scores.
+
+    Threshold-free and deployable (reference-fit) figures come first; ``f1_max`` and
+    ``accuracy_best_threshold`` (listed in :data:`TEST_TUNED`) pick their threshold on these
+    very scores and come last.
+    """
     y = np.asarray(y).astype(np.int64)
     s = np.asarray(s, dtype=np.float64)
     both = 0 < y.sum() < len(y)
@@ -62,8 +67,6 @@ def detection_metrics(
         "n_fault": int((y == 1).sum()),
         "auroc": float(roc_auc_score(y, s)) if both else None,
         "aupr": float(average_precision_score(y, s)) if both else None,
-        "f1_max": f1_max(y, s) if both else None,
-        "accuracy_best_threshold": accuracy_at(y, s, best_thr),
         "accuracy_deployable": accuracy_at(y, s, deploy_thr),
     }
     if deploy_thr is not None:
@@ -71,7 +74,14 @@ def detection_metrics(
             float(np.mean(s[y == 0] >= deploy_thr)) if (y == 0).any() else None
         )
         out["recall_deployable"] = float(np.mean(s[y == 1] >= deploy_thr)) if y.any() else None
+    out["f1_max"] = f1_max(y, s) if both else None
+    out["accuracy_best_threshold"] = accuracy_at(y, s, best_thr)
     return out
+
+
+#: Keys of :func:`detection_metrics` tuned on the test scores themselves (and the metrics
+#: JSON's ``thresholds.best``): tables name them ``*_test_tuned`` with a footnote.
+TEST_TUNED = ("f1_max", "accuracy_best_threshold")
 
 
 def round_floats(obj: Any, digits: int = 6) -> Any:

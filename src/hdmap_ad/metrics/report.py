@@ -7,7 +7,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hdmap_ad.metrics.image import best_accuracy, detection_metrics, round_floats
+from hdmap_ad.metrics.image import (
+    TEST_TUNED,
+    best_accuracy,
+    detection_metrics,
+    round_floats,
+)
 
 CONDITIONS = ("cold", "warm")
 
@@ -73,9 +78,13 @@ def build_metrics(
         "metrics": overall,
         "pixel": pixel,
         "per_condition": per_condition,
+        "test_tuned": {
+            "keys": [*TEST_TUNED, "thresholds.best"],
+            "note": "tuned on the test scores themselves (the threshold is picked on the test "
+                    "maps): for comparison with figures tuned the same way only; the "
+                    "deployable figures use a threshold fit on the references alone",
+        },
         "thresholds": {
-            "best": best_thr,
-            "best_note": "tuned on the test scores themselves (for comparison only)",
             "deployable": deploy_thr,
             "deployable_note": (
                 "max reference score from sub-models fit without that reference "
@@ -85,6 +94,8 @@ def build_metrics(
                 "unavailable: no reference could be scored by a model fit without it "
                 "(deploy_folds 0, or too few references)"
             ),
+            "best": best_thr,
+            "best_note": "tuned on the test scores themselves (for comparison only)",
         },
         "gate": gate_summary(test, exp["gate"] != "mixed") | {
             "mode": bank_meta["gate"]["mode"],

@@ -22,11 +22,16 @@ from hdmap_ad.io import atomic_path, read_json
 from hdmap_ad.metrics.pixel import anomaly_map
 from hdmap_ad.report.figures import (
     anomaly_map_grid,
+    forest_plot,
     gate_p90_figure,
     roc_figure,
     score_histograms,
     worst_cases,
 )
+
+#: Claims in table and plot order (``hdmap_ad.report.hypothesis.CLAIMS``, repeated here so
+#: the report does not import the bootstrap).
+CLAIMS = ("pooled", "condition_macro", "cold", "warm")
 
 WORST_K = 3
 
@@ -46,8 +51,8 @@ def _experiment_figures(
     thr = metrics["thresholds"]
     made = []
     hist = figures / f"{name}_scores.png"
-    score_histograms(scores, {"best": thr["best"], "deployable": thr["deployable"]}, hist,
-                     f"{name}: image scores")
+    score_histograms(scores, {"deployable": thr["deployable"],
+                              "best (test-tuned)": thr["best"]}, hist, f"{name}: image scores")
     made.append(hist)
     bank = read_json(entry["bank_meta"])
     if bank["gate"]["threshold"] is not None and entry["has_conditions"]:
@@ -93,29 +98,205 @@ def write_roc_csv(path: Path, y: np.ndarray, s: np.ndarray) -> None:
         frame.to_csv(tmp, index=False)
 
 
-def _hypothesis_lines(path: str) -> list[str]:
+def _fmt(x: float | None, ci: list[float] | None = None) -> str:
+    """A delta and its interval, 4 decimals (deltas of AUROCs near 1 are small)."""
+    if x is None:
+        return "-"
+    return f"{x:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "")
+
+
+def _budget_text(budget: Any) -> str:
+    return "-" if budget is None else str(budget)
+
+
+def _where(domain: str, budget: Any, budgets: list[Any]) -> str:
+    return domain if len(budgets) < 2 or budget is None else f"{domain}, budget {budget}"
+
+
+def _list(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _references_text(protocol: dict[str, Any]) -> str:
+    refs = protocol.get("references") or {}
+    kind = refs.get("protocol", "?")
+    sizes = []
+    for size in refs.get("per_budget") or []:
+        if "n_cold" in size:
+            txt = f"{size['n_cold']} cold + {size['n_warm']} warm"
+        elif "k" in size:
+            txt = f"{size['k']} train/good maps"
+        else:
+            txt = "all train/good maps"
+        sizes.append(txt if size.get("budget") is None else f"{txt} (budget {size['budget']})")
+    pick = f", pick {refs['pick']}" if kind in ("test_good_holdout", "user_leaky") else ""
+    return f"`{kind}`{pick}, {_list(sizes) if sizes else 'as the experiments set'} per draw"
+
+
+def hypothesis_paragraph(h: dict[str, Any]) -> str:
+    """One readable paragraph of a hypothesis verdict file: the hypothesis, the claim, the
+    protocol (references, seeds, budgets, what was held out, the test), the verdict and its
+    interval (and the single-draw interval beside it)."""
+    prot = h.get("protocol") or {}
+    arms = prot.get("arms") or {}
+
+    def arm(key: str) -> str:
+        a = arms.get(key) or {}
+        extra = ", ".join(x for x in (f"{a['gate']} gate" if a.get("gate") else "",
+                                      a.get("method", "")) if x)
+        return f"`{h[key]}`" + (f" ({extra})" if extra else "")
+
+    seeds = prot.get("seeds") or []
+    budgets = prot.get("budgets") or [None]
+    claim = h["claim"]
+    results = h["results"]
+    first = next(iter(results.values()))[0]
+    description = (h.get("description") or "").strip()
+    if description and not description.endswith("."):
+        description += "."
+    parts = [f"**{h['hypothesis']}.** {description} *Claim:* {arm('b')} beats {arm('a')} "
+             f"on the {h.get('claim_text', claim)} (`claim: {claim}`; "
+             f"{h.get('claim_rule', '')})."]
+    budget_txt = ("one reference budget" if budgets == [None]
+                  else "budgets " + ", ".join(str(b) for b in budgets))
+    parts.append(
+        f"*Protocol:* references {_references_text(prot)}; {prot.get('held_out', '')}; "
+        f"{len(seeds)} reference seed{'s' if len(seeds) != 1 else ''} "
+        f"({', '.join(str(x) for x in seeds)}): {prot.get('seed_effect', '')}; {budget_txt}; "
+        f"domains {', '.join(prot.get('domains') or list(results))}; {first['n']} test maps "
+        f"per draw ({first['n_good']} good, {first['n_fault']} fault) on "
+        f"{next(iter(results))}.")
+    boot = h.get("bootstrap") or {}
+    parts.append("*Test:* two-level paired bootstrap (the reference seeds resampled, then the "
+                 "test maps of each drawn seed, condition x class strata; "
+                 f"{boot.get('n_boot', '?')} resamples, seed {boot.get('seed', '?')}; "
+                 "Davison & Hinkley 1997, section 3.8; Ren et al. 2010).")
+    verdicts = []
+    for domain, entries in results.items():
+        for e in entries:
+            au = e["auroc"]
+            verdicts.append(f"{e['verdict']} on {_where(domain, e['budget'], budgets)} "
+                            f"(delta {_fmt(au['delta'], au['ci95'])}; single draw, seed "
+                            f"{au['single_draw']['ref_seed']}: "
+                            f"{_fmt(au['single_draw']['delta'], au['single_draw']['ci95'])})")
+    text = f"*Verdict:* **{h['verdict']}**: " + "; ".join(verdicts)
+    for m in h.get("macro") or []:
+        au = m["auroc"]
+        text += (f"; macro average over domains {', '.join(m['domains'])}"
+                 + (f" at budget {m['budget']}" if m["budget"] is not None else "")
+                 + f": {_fmt(au['delta'], au['ci95'])}, **{m['verdict']}**")
+    parts.append(text + ". The single-draw interval holds the references fixed; the "
+                 "verdict's interval also resamples the reference draw.")
+    return " ".join(parts)
+
+
+def _claim_cells(claims: dict[str, Any], claim: str) -> list[str]:
+    cells = []
+    for c in CLAIMS:
+        blk = claims[c]
+        cell = f"{_fmt(blk['auroc']['delta'], blk['auroc']['ci95'])} {blk['verdict']}"
+        cells.append(f"**{cell}**" if c == claim else cell)
+    acc = claims[claim]["accuracy_deployable"]
+    return [*cells, _fmt(acc["delta"], acc["ci95"])]
+
+
+def _arm_lines(h: dict[str, Any]) -> list[str]:
+    """AUROC of each arm per claim (means over seeds), the oracle arm beside them."""
+    rows = []
+    for domain, entries in h["results"].items():
+        for e in entries:
+            arms = [("a", h["a"], {c: e["claims"][c]["auroc"]["a"] for c in CLAIMS}),
+                    ("b", h["b"], {c: e["claims"][c]["auroc"]["b"] for c in CLAIMS})]
+            if e.get("oracle"):
+                arms.append(("oracle", e["oracle"]["experiment"], e["oracle"]["auroc"]))
+            for arm, name, au in arms:
+                rows.append(f"| {domain} | {_budget_text(e['budget'])} | {arm}: `{name}` | "
+                            + " | ".join("-" if au[c] is None else f"{au[c]:.4f}"
+                                         for c in CLAIMS) + " |")
+    return ["AUROC of each arm per claim, mean over the seeds"
+            + (" (the oracle arm routes every map to its own condition's sub-model)"
+               if any(e.get("oracle") for es in h["results"].values() for e in es) else "")
+            + ":", "", "| domain | budget | arm | " + " | ".join(CLAIMS) + " |",
+            "|---" * (len(CLAIMS) + 3) + "|", *rows, ""]
+
+
+def _routing_lines(h: dict[str, Any]) -> list[str]:
+    """The gate's routing by condition x label for each gated arm (and the oracle arm)."""
+    rows = []
+    for domain, entries in h["results"].items():
+        for e in entries:
+            for arm, r in (e.get("gate_routing") or {}).items():
+                cells = []
+                for group in ("cold/good", "cold/fault", "warm/good", "warm/fault"):
+                    d, share = r["decisions"].get(group), r["misrouted"].get(group)
+                    if d is None or share is None:
+                        cells.append("-")
+                        continue
+                    n = d["to_cold"] + d["to_warm"]
+                    wrong = d["to_warm"] if group.startswith("cold") else d["to_cold"]
+                    cells.append(f"{wrong}/{n} ({100 * share:.1f}%)")
+                acc = r["accuracy"]
+                rows.append(f"| {domain} | {_budget_text(e['budget'])} | "
+                            f"{arm}: `{r['experiment']}` ({r['gate']}) | " + " | ".join(cells)
+                            + f" | {'-' if acc is None else f'{acc:.3f}'} |")
+    if not rows:
+        return []
+    return ["Gate routing, summed over the seeds: test maps sent to the other condition's "
+            "sub-model, by condition x label (for both-min / fallback, the sub-model whose "
+            "score was kept).", "",
+            "| domain | budget | arm | cold/good | cold/fault | warm/good | warm/fault "
+            "| gate accuracy |", "|---" * 8 + "|", *rows, ""]
+
+
+def forest_rows(h: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the forest plot: domains (then the macro rows) x budgets x claims."""
+    budgets = (h.get("protocol") or {}).get("budgets") or [None]
+    rows = []
+    groups = [(d, e) for d, es in h["results"].items() for e in es]
+    groups += [("macro", m) for m in h.get("macro") or []]
+    for domain, e in groups:
+        for c in CLAIMS:
+            blk = e["claims"][c]
+            rows.append({"group": _where(domain, e["budget"], budgets), "claim": c,
+                         "delta": blk["auroc"]["delta"], "ci95": blk["auroc"]["ci95"],
+                         "claimed": c == h["claim"], "verdict": blk["verdict"],
+                         "single": (blk["auroc"].get("single_draw") or {}).get("ci95")})
+    return rows
+
+
+def _hypothesis_lines(path: str, figures: Path, out_dir: Path) -> list[str]:
     h = read_json(path)
-    lines = [f"### {h['hypothesis']}: {h['verdict']}", "", h.get("description") or h["claim"], "",
-             "| domain | budget | ref. seed | a | b | delta AUROC [95% CI] "
-             "| delta acc (deployable) [95% CI] | verdict |", "|---|---|---|---|---|---|---|---|"]
-    for domain, results in h["results"].items():
-        for r in results:
-            auc, acc = r["auroc"], r["accuracy_deployable"]
-            acc_txt = (f"{acc['delta']:+.3f} [{acc['ci95'][0]:+.3f}, {acc['ci95'][1]:+.3f}]"
-                       if acc and acc.get("delta") is not None else "-")
-            lines.append(
-                f"| {domain} | {r['budget'] if r['budget'] is not None else '-'} | "
-                f"{r['ref_seed'] if r['ref_seed'] is not None else '-'} | {r['a']} | {r['b']} | "
-                f"{auc['delta']:+.3f} [{auc['ci95'][0]:+.3f}, {auc['ci95'][1]:+.3f}] | "
-                f"{acc_txt} | {r['verdict']} |"
-            )
-    return [*lines, ""]
+    if "claims" not in next(iter(h["results"].values()))[0]:  # an older verdict file
+        return [f"### {h['hypothesis']}: {h['verdict']}", "",
+                "(verdict file of an older layout: re-run the hypothesis rule)", ""]
+    head = f"### {h['hypothesis']}: {h['verdict']}"
+    if h.get("verdict_macro"):
+        head += f" (macro over domains: {h['verdict_macro']})"
+    lines = [head, "", hypothesis_paragraph(h), "",
+             "Delta AUROC (b - a) per claim, mean over seeds [two-level 95% interval] and "
+             f"verdict; the claim (`{h['claim']}`) in bold; the last column is the claim's "
+             "delta accuracy at each arm's deployable threshold.", "",
+             "| domain | budget | " + " | ".join(CLAIMS) + " | delta acc (deployable) |",
+             "|---" * (len(CLAIMS) + 3) + "|"]
+    for domain, entries in h["results"].items():
+        for e in entries:
+            lines.append(f"| {domain} | {_budget_text(e['budget'])} | "
+                         + " | ".join(_claim_cells(e["claims"], h["claim"])) + " |")
+    for m in h.get("macro") or []:
+        lines.append(f"| macro ({', '.join(m['domains'])}) | {_budget_text(m['budget'])} | "
+                     + " | ".join(_claim_cells(m["claims"], h["claim"])) + " |")
+    lines.append("")
+    lines += _arm_lines(h) + _routing_lines(h)
+    plot = figures / f"hypothesis_{h['hypothesis']}_forest.png"
+    forest_plot(forest_rows(h), plot, f"{h['hypothesis']}: delta AUROC (b - a) by claim",
+                margin=float(h.get("margin") or 0.0))
+    lines += [f"![{plot.stem}]({_rel(plot, out_dir)})", ""]
+    return lines
 
 
 def _verdict_cell(result: dict[str, Any]) -> str:
     auc = result["auroc"]
-    return (f"{auc['delta']:+.3f} [{auc['ci95'][0]:+.3f}, {auc['ci95'][1]:+.3f}] "
-            f"{result['verdict']}")
+    return f"{_fmt(auc['delta'], auc['ci95'])} {result['verdict']}"
 
 
 def methods_gate_lines(entries: list[dict[str, Any]], hypotheses: list[str]) -> list[str]:
@@ -129,6 +310,7 @@ def methods_gate_lines(entries: list[dict[str, Any]], hypotheses: list[str]) -> 
     if len(methods) < 2 and len(gates) < 2:
         return []
     verdicts: dict[tuple[str, str, str], str] = {}  # (domain, method, gate) -> cell
+    claims = set()
     for path in hypotheses:
         h = read_json(path)
         a, b = arms.get(h["a"]), arms.get(h["b"])
@@ -137,10 +319,14 @@ def methods_gate_lines(entries: list[dict[str, Any]], hypotheses: list[str]) -> 
         for domain, results in h["results"].items():
             if len(results) == 1:
                 verdicts[(domain, b[0], b[1])] = _verdict_cell(results[0])
+                claims.add(results[0].get("claim") or h.get("claim"))
+    claim = ", ".join(sorted(c for c in claims if c)) or "pooled"
     lines = ["## Methods x gates", "",
-             "Image AUROC on the test maps (cold / warm AUROC in brackets). Verdict columns: "
-             "delta AUROC of the gated arm minus the same method's mixed arm, paired bootstrap "
-             "over test maps for one reference draw [95% CI] (hypotheses of params).", ""]
+             "Image AUROC on the test maps of the first reference draw (cold / warm AUROC in "
+             "brackets). Verdict columns: delta AUROC of the gated arm minus the same "
+             f"method's mixed arm on the hypothesis's claim ({claim}), mean over the "
+             "reference seeds [two-level bootstrap 95% CI: seeds, then test maps] "
+             "(hypotheses of params).", ""]
     for domain in dict.fromkeys(e["domain"] for e in entries):
         by_arm = {arms[e["experiment"]]: read_json(e["metrics"])
                   for e in entries if e["domain"] == domain}
@@ -179,17 +365,25 @@ def build_report(spec: dict[str, Any], out: str | Path) -> None:
     figures = Path(spec["figures"])
     figures.mkdir(parents=True, exist_ok=True)
     lines = ["# hdmap-ad report", "",
-             "Computed by `python -m hdmap_ad report` from the results of this run.", "",
+             "Computed by `python -m hdmap_ad report` from the results of this run. "
+             "Deployable figures (a threshold fit on the references alone) come first; "
+             "figures tuned on the test scores themselves are named `*_test_tuned` and "
+             "marked \\* (the `best (test-tuned)` line in the score histograms too).", "",
              "## Summary", "", Path(spec["summary_md"]).read_text(), "",
              f"One row per domain x experiment x budget x seed, with macro averages over "
              f"domains: [{Path(spec['summary_csv']).name}]"
              f"({_rel(Path(spec['summary_csv']), out.parent)}).", ""]
     if spec["hypotheses"]:
         lines += ["## Hypotheses", "",
-                  "Paired bootstrap over test maps (b - a); supported when the 95% interval "
-                  "of delta AUROC lies above the margin, refuted when below minus it.", ""]
+                  "Each hypothesis runs both arms over several reference draws (seeds); a "
+                  "two-level paired bootstrap resamples the seeds, then the test maps within "
+                  "each (Davison & Hinkley 1997, section 3.8; Ren et al. 2010). Supported "
+                  "when the 95% interval of delta AUROC (b - a) on the hypothesis's claim "
+                  "lies above the margin, refuted when below minus it. AUROC is "
+                  "threshold-free; accuracies are at the deployable thresholds (none is "
+                  "test-tuned).", ""]
         for path in spec["hypotheses"]:
-            lines += _hypothesis_lines(path)
+            lines += _hypothesis_lines(path, figures, out.parent)
     lines += methods_gate_lines(spec["entries"], spec["hypotheses"])
     by_domain: dict[str, list[dict[str, Any]]] = {}
     for entry in spec["entries"]:

@@ -311,3 +311,79 @@ def worst_cases(scores: pd.DataFrame, threshold: float, k: int) -> tuple[list[st
     fp = fp.sort_values(["_neg", "image_id"], kind="stable")
     k = max(0, int(k))
     return fn.image_id.astype(str).head(k).tolist(), fp.image_id.astype(str).head(k).tolist()
+
+
+#: Colours of a hypothesis's claims in the forest plot.
+CLAIM_COLORS = {"pooled": "#2ca02c", "condition_macro": "#9467bd", "cold": "#1f77b4",
+                "warm": "#ff7f0e"}
+
+
+def forest_plot(rows: list[dict], path: PathLike, title: str, margin: float = 0.0) -> None:
+    """Deltas with their 95% intervals, one row each (a forest plot), top to bottom.
+
+    Args:
+        rows: ``[{"group": str, "claim": str, "delta": float | None, "ci95": [lo, hi] | None,
+            "claimed": bool, "verdict": str, "single": [lo, hi] | None}]``; rows of one
+            ``group`` (e.g. ``"C, budget 16"``) are drawn together, separated from the next
+            by a line; ``claimed`` rows (what the hypothesis is about) get a filled marker and
+            a bold label; ``single`` (optional) is a secondary interval (one reference draw),
+            drawn thin and grey below the row; the verdict is written at the right. A row
+            without a delta is listed as ``n/a``.
+        path: output PNG path.
+        title: figure title.
+        margin: the verdict margin; dashed lines at +-margin when > 0 (0 always drawn).
+    """
+    n = max(1, len(rows))
+    fig, ax = plt.subplots(figsize=(7.8, 1.3 + 0.3 * n))
+    ax.axvline(0.0, color="0.35", lw=1.0)
+    if margin > 0:
+        for x in (-margin, margin):
+            ax.axvline(x, color="0.5", lw=0.9, ls="--")
+    labels, seen, has_single = [], set(), False
+    finite = [0.0]
+    for i, r in enumerate(rows):
+        color = CLAIM_COLORS.get(r["claim"], f"C{i % 10}")
+        delta, ci = r.get("delta"), r.get("ci95")
+        labels.append(f"{r['group']} | {r['claim']}")
+        if r.get("single"):
+            lo, hi = r["single"]
+            ax.plot([lo, hi], [i + 0.22] * 2, color="0.6", lw=1.0)
+            finite += [lo, hi]
+            has_single = True
+        if delta is None or ci is None:
+            ax.text(0.0, i, " n/a", va="center", fontsize=7, color="0.4")
+            continue
+        lo, hi = ci
+        finite += [lo, hi, delta]
+        label = r["claim"] if r["claim"] not in seen else None
+        seen.add(r["claim"])
+        ax.plot([lo, hi], [i, i], color=color, lw=2.2 if r.get("claimed") else 1.4)
+        ax.plot([delta], [i], "o", color=color, ms=6 if r.get("claimed") else 5,
+                mfc=color if r.get("claimed") else "white", mew=1.4, label=label, zorder=3)
+        if r.get("verdict"):
+            ax.annotate(r["verdict"], xy=(1.0, i), xycoords=("axes fraction", "data"),
+                        xytext=(4, 0), textcoords="offset points", va="center", fontsize=7,
+                        color="k" if r.get("claimed") else "0.45")
+    groups = [r["group"] for r in rows]
+    for i in range(1, len(rows)):
+        if groups[i] != groups[i - 1]:
+            ax.axhline(i - 0.5, color="0.8", lw=0.8)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(labels, fontsize=7.5)
+    for tick, r in zip(ax.get_yticklabels(), rows, strict=True):
+        if r.get("claimed"):
+            tick.set_fontweight("bold")
+    ax.set_ylim(len(rows) - 0.5 if rows else 0.5, -0.6)
+    span = max(abs(min(finite)), abs(max(finite)), margin, 1e-3) * 1.15
+    ax.set_xlim(-span, span)
+    if has_single:
+        ax.plot([], [], color="0.6", lw=1.0, label="single draw (first seed)")
+    ax.set(xlabel="delta (b - a), 95% interval (filled: the hypothesis's claim)", title=title)
+    ax.grid(alpha=0.3, axis="x")
+    bottom = 0.0
+    if seen or has_single:
+        fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=5, fontsize=7,
+                   frameon=False)
+        bottom = 0.3 / fig.get_figheight()
+    fig.tight_layout(rect=(0.0, bottom, 1.0, 1.0))
+    save_figure(fig, path)

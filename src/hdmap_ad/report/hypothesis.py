@@ -16,11 +16,25 @@ Statistics per resample (always ``B - A``):
 
 Intervals are the 2.5 / 97.5 percentiles of the resampled deltas (``np.percentile``, linear
 interpolation); point estimates are computed on the full sample.
+
+A hypothesis's verdict (:func:`hypothesis_report`) also accounts for the draw of the references:
+each arm runs over several reference seeds, and a **two-level (hierarchical) bootstrap**
+resamples the seeds, then the test maps within each resampled seed (paired between the arms,
+stratified by condition x class); the statistic of one resample is the mean over its resampled
+seeds of delta (:func:`hierarchical_deltas`). This is the two-stage bootstrap of Davison &
+Hinkley (1997), *Bootstrap Methods and their Application*, section 3.8 (resampling the
+clusters, then within them: the between-draw variance is carried by the first stage), as
+studied for hierarchical data by Ren et al. (2010), *Nonparametric bootstrapping for
+hierarchical data*, J. Appl. Stat. 37(9). Each verdict is given on four claims
+(:data:`CLAIMS`): the pooled AUROC, the condition-macro AUROC (mean of cold and warm AUROC:
+detection within a condition, blind to whether one threshold serves both), and each condition.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,6 +43,7 @@ from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
 from hdmap_ad.metrics.image import accuracy_at, round_floats
+from hdmap_ad.metrics.report import gate_summary
 
 #: Percentiles of the reported interval (a 95% percentile bootstrap interval).
 PERCENTILES = (2.5, 97.5)
@@ -40,6 +55,25 @@ _CHUNK_VALUES = 2_000_000
 VERDICT_RULE = (
     "supported: the whole 95% interval of delta AUROC (B - A) lies above +margin; "
     "refuted: it lies entirely below -margin (B clearly worse); otherwise inconclusive"
+)
+#: The statistics a verdict can be about (``claim``), in report order.
+CLAIMS = ("pooled", "condition_macro", "cold", "warm")
+CLAIM_TEXT = {
+    "pooled": "AUROC over all test maps (cold and warm pooled)",
+    "condition_macro": "condition-macro AUROC (mean of the cold and the warm AUROC)",
+    "cold": "AUROC on the cold test maps",
+    "warm": "AUROC on the warm test maps",
+}
+BOOTSTRAP_METHOD = (
+    "two-level (hierarchical) paired bootstrap: each resample draws the reference seeds with "
+    "replacement, then, within each drawn seed, that seed's test maps with replacement "
+    "(stratified by condition x class, the same maps for both arms); its statistic is the "
+    "mean over the drawn seeds of delta (B - A); 95% percentile interval"
+)
+BOOTSTRAP_CITATION = (
+    "Davison & Hinkley (1997), Bootstrap Methods and their Application, Cambridge UP, "
+    "section 3.8 (two-stage resampling of hierarchical data); Ren, Lai, Zhou et al. (2010), "
+    "Nonparametric bootstrapping for hierarchical data, J. Appl. Stat. 37(9):1487-1498"
 )
 
 
@@ -272,6 +306,33 @@ def _test_rows(scores: pd.DataFrame, arm: str) -> pd.DataFrame:
     return test[["image_id", "label", "condition", "score"]]
 
 
+def align_test_rows(scores_a: pd.DataFrame, scores_b: pd.DataFrame,
+                    names: tuple[str, str] = ("A", "B")) -> pd.DataFrame:
+    """Test rows of two arms joined on ``image_id`` (columns ``image_id, label_a, label_b,
+    condition_a, condition_b, score_a, score_b``), sorted by ``image_id``.
+
+    Raises:
+        ValueError: when the test image sets differ (counts named), an image_id repeats, or an
+            image's label or condition differs between the arms.
+    """
+    na, nb = names
+    test_a, test_b = _test_rows(scores_a, na), _test_rows(scores_b, nb)
+    joined = test_a.merge(test_b, on="image_id", how="inner", suffixes=("_a", "_b"))
+    if not (len(joined) == len(test_a) == len(test_b)):
+        raise ValueError(
+            "test image sets differ: "
+            f"{na} has {len(test_a)}, {nb} has {len(test_b)}, {len(joined)} in common"
+        )
+    for col in ("label", "condition"):
+        bad = joined[joined[f"{col}_a"].astype(str) != joined[f"{col}_b"].astype(str)]
+        if len(bad):
+            raise ValueError(
+                f"{len(bad)} test images differ in {col} between the arms, "
+                f"e.g. {bad.image_id.iloc[0]!r}"
+            )
+    return joined.sort_values("image_id", kind="stable").reset_index(drop=True)
+
+
 def compare_experiments(
     scores_a: pd.DataFrame,
     scores_b: pd.DataFrame,
@@ -303,21 +364,7 @@ def compare_experiments(
         ValueError: when the test image sets differ (counts named), an image_id repeats, or an
             image's label or condition differs between the arms.
     """
-    test_a, test_b = _test_rows(scores_a, "A"), _test_rows(scores_b, "B")
-    joined = test_a.merge(test_b, on="image_id", how="inner", suffixes=("_a", "_b"))
-    if not (len(joined) == len(test_a) == len(test_b)):
-        raise ValueError(
-            "test image sets differ: "
-            f"A has {len(test_a)}, B has {len(test_b)}, {len(joined)} in common"
-        )
-    for col in ("label", "condition"):
-        bad = joined[joined[f"{col}_a"].astype(str) != joined[f"{col}_b"].astype(str)]
-        if len(bad):
-            raise ValueError(
-                f"{len(bad)} test images differ in {col} between the arms, "
-                f"e.g. {bad.image_id.iloc[0]!r}"
-            )
-    joined = joined.sort_values("image_id", kind="stable").reset_index(drop=True)
+    joined = align_test_rows(scores_a, scores_b)
     thr_a, n_cv_a = _deployable_threshold(scores_a)
     thr_b, n_cv_b = _deployable_threshold(scores_b)
     boot = paired_bootstrap(
@@ -348,34 +395,502 @@ def compare_experiments(
     return round_floats(out)
 
 
+# -- two-level bootstrap over reference draws ------------------------------------------------
+@dataclass(frozen=True)
+class Draw:
+    """One reference draw of a hypothesis: both arms scored on the same test maps.
+
+    ``y`` (N,) 0/1 with 1 = fault; ``conditions`` (N,) str (``cold``/``warm``; one value
+    everywhere when the data has none); ``s_a``/``s_b`` (N,) scores of arms A and B;
+    ``thr_a``/``thr_b`` their deployable thresholds (None: no accuracy comparison).
+    """
+
+    y: np.ndarray
+    conditions: np.ndarray
+    s_a: np.ndarray
+    s_b: np.ndarray
+    thr_a: float | None = None
+    thr_b: float | None = None
+
+    def __post_init__(self) -> None:
+        y = np.asarray(self.y).astype(np.int64)
+        object.__setattr__(self, "y", y)
+        object.__setattr__(self, "conditions", np.asarray(self.conditions).astype(str))
+        object.__setattr__(self, "s_a", np.asarray(self.s_a, dtype=np.float64))
+        object.__setattr__(self, "s_b", np.asarray(self.s_b, dtype=np.float64))
+        if y.ndim != 1 or any(np.shape(x) != y.shape
+                              for x in (self.conditions, self.s_a, self.s_b)):
+            raise ValueError("a draw's y, conditions, s_a and s_b must be (N,) alike")
+        if not 0 < y.sum() < len(y):
+            raise ValueError(f"both classes are needed: {int(y.sum())} fault, "
+                             f"{int(len(y) - y.sum())} good")
+
+
+def draw_strata(draw: Draw) -> list[np.ndarray]:
+    """Positions of the resampling strata of a draw, in draw order: for each condition
+    (``cold``, ``warm``, then others sorted), its faults, then its goods."""
+    out = []
+    for c in _condition_order(draw.conditions):
+        m = draw.conditions == c
+        out += [np.flatnonzero(m & (draw.y == 1)), np.flatnonzero(m & (draw.y == 0))]
+    return out
+
+
+def stratified_counts(strata: list[np.ndarray], n_maps: int, n_rows: int,
+                      rng: np.random.Generator) -> np.ndarray:
+    """``(n_rows, n_maps)`` multiplicities of the maps in ``n_rows`` stratified resamples.
+
+    Draw order: for each stratum in turn, ``rng.integers(0, n, size=(n_rows, n))`` over its
+    ``n`` positions (an empty stratum draws nothing); each stratum keeps its size.
+    """
+    counts = np.zeros((n_rows, n_maps), dtype=np.int64)
+    offsets = (np.arange(n_rows, dtype=np.int64) * n_maps)[:, None]
+    for at in strata:
+        if len(at):
+            idx = at[rng.integers(0, len(at), size=(n_rows, len(at)))]
+            counts += np.bincount((offsets + idx).ravel(),
+                                  minlength=n_rows * n_maps).reshape(n_rows, n_maps)
+    return counts
+
+
+class _Deltas:
+    """Delta AUROC / deployable accuracy (B - A) of one draw under resampling weights.
+
+    With multiplicities ``w`` of the maps, a resample's AUROC is
+    ``sum_ij w_i w_j K[i, j] / (P Q)`` over positives i and negatives j, ``K = 1[s_i > s_j] +
+    1/2 1[s_i == s_j]`` (the Mann-Whitney statistic, ties one half, as sklearn); both arms see
+    the same ``w``, so delta AUROC is the same form over ``K_b - K_a``: one matrix product per
+    condition gives every claim of every resample at once.
+    """
+
+    def __init__(self, draw: Draw):
+        self.draw = draw
+        pos, neg = draw.y == 1, draw.y == 0
+        self.pos_at, self.neg_at = np.flatnonzero(pos), np.flatnonzero(neg)
+        self.conds = _condition_order(draw.conditions)
+        self.pos_cond = draw.conditions[self.pos_at]
+        self.neg_cond = draw.conditions[self.neg_at]
+
+        def kernel(s: np.ndarray) -> np.ndarray:
+            p, q = s[self.pos_at][:, None], s[self.neg_at][None, :]
+            return (p > q).astype(np.float64) + 0.5 * (p == q)
+
+        self.k_delta = kernel(draw.s_b) - kernel(draw.s_a)  # (P, Q)
+        self.correct = None
+        if draw.thr_a is not None and draw.thr_b is not None:
+            self.correct = ((draw.s_b >= draw.thr_b) == (draw.y == 1)).astype(np.float64) - (
+                (draw.s_a >= draw.thr_a) == (draw.y == 1)).astype(np.float64)
+
+    def __call__(self, counts: np.ndarray) -> dict[str, dict[str, np.ndarray | None]]:
+        """``{"auroc": {claim: (R,)}, "accuracy": {claim: (R,)}}`` for ``(R, N)`` counts;
+        a claim undefined on this draw (a condition without both classes, no thresholds,
+        no cold/warm for the macro) is None."""
+        w = counts.astype(np.float64)
+        wp, wn = w[:, self.pos_at], w[:, self.neg_at]
+        n_p, n_q = len(self.pos_at), len(self.neg_at)
+        auroc: dict[str, np.ndarray | None] = {}
+        pooled = np.zeros(len(w))
+        for c in self.conds:
+            pc, nc = self.pos_cond == c, self.neg_cond == c
+            m = wp[:, pc] @ self.k_delta[pc]  # (R, Q): condition-c positives vs all negatives
+            pooled += np.einsum("rq,rq->r", m, wn)
+            auroc[c] = (np.einsum("rq,rq->r", m[:, nc], wn[:, nc]) / (pc.sum() * nc.sum())
+                        if pc.any() and nc.any() else None)
+        auroc["pooled"] = pooled / (n_p * n_q)
+        accuracy: dict[str, np.ndarray | None] = dict.fromkeys(auroc)
+        if self.correct is not None:
+            accuracy["pooled"] = w @ self.correct / len(self.correct)
+            for c in self.conds:
+                m = self.draw.conditions == c
+                accuracy[c] = w[:, m] @ self.correct[m] / m.sum()
+        out = {"auroc": auroc, "accuracy": accuracy}
+        for stats in out.values():
+            cold, warm = stats.get("cold"), stats.get("warm")
+            stats["condition_macro"] = (None if cold is None or warm is None
+                                        else (cold + warm) / 2.0)
+            for c in CLAIMS:
+                stats.setdefault(c, None)
+        return out
+
+
+def hierarchical_deltas(
+    draws: Sequence[Draw], n_boot: int, rng: np.random.Generator
+) -> dict[str, dict[str, np.ndarray | None]]:
+    """Two-level paired bootstrap of delta AUROC and delta deployable accuracy (B - A).
+
+    Resample ``b`` draws ``S`` seeds with replacement from the ``S`` draws; for each of its
+    ``S`` slots, a stratified resample of that seed's test maps (condition x class strata,
+    the same maps for both arms, an independent resample per slot even when a seed is drawn
+    twice); its statistic is the mean over the slots of the per-slot delta. With one draw this
+    is the single-draw paired bootstrap.
+
+    Draw order (what a reimplementation must repeat to get the same numbers):
+    ``J = rng.integers(0, S, size=(n_boot, S))``; then for each seed ``s = 0..S-1`` in turn,
+    with ``R_s`` the number of slots where ``J == s`` (taken in row-major order),
+    :func:`stratified_counts` of ``R_s`` rows over :func:`draw_strata`.
+
+    Args:
+        draws: the reference draws (seeds), each with both arms' scores.
+        n_boot: resamples (>= 1).
+        rng: the generator (consumed).
+
+    Returns:
+        ``{"auroc": {claim: (n_boot,) | None}, "accuracy": {claim: ...}}`` for every claim of
+        :data:`CLAIMS`; None where a claim is undefined on some draw.
+    """
+    if not draws:
+        raise ValueError("no draws to resample")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    n_seeds = len(draws)
+    slot_seed = rng.integers(0, n_seeds, size=(n_boot, n_seeds)).ravel()
+    out = {m: {c: np.zeros(n_boot * n_seeds) for c in CLAIMS} for m in ("auroc", "accuracy")}
+    undefined: set[tuple[str, str]] = set()
+    for s, draw in enumerate(draws):
+        slots = np.flatnonzero(slot_seed == s)
+        kernel = _Deltas(draw)
+        if not len(slots):
+            # still check which claims the draw supports
+            probe = kernel(np.ones((1, len(draw.y)), dtype=np.int64))
+            undefined |= {(m, c) for m, st in probe.items() for c, v in st.items() if v is None}
+            continue
+        deltas = kernel(stratified_counts(draw_strata(draw), len(draw.y), len(slots), rng))
+        for m, stats in deltas.items():
+            for c, v in stats.items():
+                if v is None:
+                    undefined.add((m, c))
+                else:
+                    out[m][c][slots] = v
+    return {m: {c: None if (m, c) in undefined else v.reshape(n_boot, n_seeds).mean(axis=1)
+                for c, v in stats.items()} for m, stats in out.items()}
+
+
+def _aurocs(y: np.ndarray, s: np.ndarray, cond: np.ndarray) -> dict[str, float | None]:
+    """Full-sample AUROC of one arm per claim."""
+    def auc(m: np.ndarray) -> float | None:
+        return float(roc_auc_score(y[m], s[m])) if 0 < y[m].sum() < m.sum() else None
+
+    out = {"pooled": auc(np.ones(len(y), bool)),
+           **{c: auc(cond == c) for c in ("cold", "warm")}}
+    out["condition_macro"] = (None if out["cold"] is None or out["warm"] is None
+                              else (out["cold"] + out["warm"]) / 2.0)
+    return out
+
+
+def _accuracies(y: np.ndarray, s: np.ndarray, thr: float | None,
+                cond: np.ndarray) -> dict[str, float | None]:
+    if thr is None:
+        return dict.fromkeys(CLAIMS)
+    out = {"pooled": accuracy_at(y, s, thr),
+           **{c: accuracy_at(y[cond == c], s[cond == c], thr) if (cond == c).any() else None
+              for c in ("cold", "warm")}}
+    out["condition_macro"] = (None if out["cold"] is None or out["warm"] is None
+                              else (out["cold"] + out["warm"]) / 2.0)
+    return out
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    return None if not values or any(v is None for v in values) else float(np.mean(values))
+
+
+def _rng(seed: int, domain: str, budget: int | None, stream: int) -> np.random.Generator:
+    """Independent, reproducible stream per hypothesis seed x domain x budget x use
+    (0: the two-level bootstrap, 1 + k: the single-draw bootstrap of the k-th seed)."""
+    key = zlib.crc32(str(domain).encode())
+    return np.random.default_rng([int(seed), key, 0 if budget is None else int(budget),
+                                  int(stream)])
+
+
+def _ci(boot: np.ndarray | None) -> list[float] | None:
+    return None if boot is None else _interval(boot)
+
+
+def routing_by_label(tests: Sequence[pd.DataFrame]) -> dict[str, Any]:
+    """The gate's routing of test maps summed over draws, split by condition x label
+    (``hdmap_ad.metrics.report.gate_summary``), with the share sent to the other condition's
+    sub-model per group and the overall gate accuracy."""
+    decisions: dict[str, dict[str, int]] = {}
+    for test in tests:
+        for group, d in gate_summary(test, True).get("decisions", {}).items():
+            tot = decisions.setdefault(group, {"to_cold": 0, "to_warm": 0})
+            tot["to_cold"] += d["to_cold"]
+            tot["to_warm"] += d["to_warm"]
+    misrouted, right, total = {}, 0, 0
+    for group, d in decisions.items():
+        cond = group.split("/")[0]
+        n = d["to_cold"] + d["to_warm"]
+        wrong = d["to_warm"] if cond == "cold" else d["to_cold"]
+        misrouted[group] = wrong / n if n else None
+        right, total = right + n - wrong, total + n
+    return {"decisions": decisions, "misrouted": misrouted,
+            "accuracy": right / total if total else None}
+
+
+def _test_frame(scores: pd.DataFrame) -> pd.DataFrame:
+    return scores[scores.role == "test"]
+
+
+def budget_verdicts(
+    pairs: Sequence[dict[str, Any]], tables: dict[str, pd.DataFrame], n_boot: int, seed: int,
+    margin: float, claim: str, domain: str,
+) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray | None]]]:
+    """The verdict entry of one domain x budget over its reference seeds.
+
+    Args:
+        pairs: the spec's pairs of this domain and budget, one per reference seed, in seed
+            order (``variant_a/b[/oracle]``, ``scores_a/b[/oracle]``, ``seed``, ``budget``).
+        tables: scores path -> scores table (``image_id, role, label, condition, score``,
+            ``gate`` where gated).
+        n_boot, seed, margin, claim: the hypothesis's bootstrap size, seed, verdict margin
+            and claim.
+        domain: the domain (keys the random streams).
+
+    Returns:
+        ``(entry, boot)``: the JSON entry (see :func:`hypothesis_report`) and the two-level
+        resampled deltas (for the macro over domains).
+    """
+    budget = pairs[0]["budget"]
+    draws, per_seed = [], []
+    for k, pair in enumerate(pairs):
+        sa, sb = tables[pair["scores_a"]], tables[pair["scores_b"]]
+        j = align_test_rows(sa, sb)
+        thr_a, n_cv_a = _deployable_threshold(sa)
+        thr_b, n_cv_b = _deployable_threshold(sb)
+        draw = Draw((j.label_a.astype(str) != "good").to_numpy(), j.condition_a.astype(str),
+                    j.score_a.to_numpy(np.float64), j.score_b.to_numpy(np.float64),
+                    thr_a, thr_b)
+        draws.append(draw)
+        single = hierarchical_deltas([draw], n_boot, _rng(seed, domain, budget, 1 + k))
+        au_a, au_b = (_aurocs(draw.y, s, draw.conditions) for s in (draw.s_a, draw.s_b))
+        ac_a = _accuracies(draw.y, draw.s_a, thr_a, draw.conditions)
+        ac_b = _accuracies(draw.y, draw.s_b, thr_b, draw.conditions)
+
+        def block(a: dict, b: dict, boot: dict) -> dict[str, Any]:
+            return {c: {"a": a[c], "b": b[c],
+                        "delta": None if a[c] is None or b[c] is None else b[c] - a[c],
+                        "ci95": _ci(boot[c])} for c in CLAIMS}
+
+        per_seed.append({
+            "ref_seed": pair["seed"], "a": pair["variant_a"], "b": pair["variant_b"],
+            "n": int(len(draw.y)), "n_good": int((draw.y == 0).sum()),
+            "n_fault": int(draw.y.sum()),
+            "thresholds": {"a": {"deployable": thr_a, "reference_cv_scored": n_cv_a},
+                           "b": {"deployable": thr_b, "reference_cv_scored": n_cv_b}},
+            "auroc": block(au_a, au_b, single["auroc"]),
+            "accuracy_deployable": block(ac_a, ac_b, single["accuracy"]),
+        })
+    boot = hierarchical_deltas(draws, n_boot, _rng(seed, domain, budget, 0))
+
+    claims: dict[str, Any] = {}
+    for c in CLAIMS:
+        entry: dict[str, Any] = {}
+        for metric, key in (("auroc", "auroc"), ("accuracy", "accuracy_deployable")):
+            seeds = [p[key][c] for p in per_seed]
+            deltas = [x["delta"] for x in seeds]
+            entry[key] = {
+                "a": _mean([x["a"] for x in seeds]), "b": _mean([x["b"] for x in seeds]),
+                "delta": _mean(deltas), "ci95": _ci(boot[metric][c]),
+                "seed_deltas": deltas,
+                "single_draw": {"ref_seed": per_seed[0]["ref_seed"],
+                                "delta": seeds[0]["delta"], "ci95": seeds[0]["ci95"]},
+            }
+        claims[c] = {"verdict": verdict(entry["auroc"]["ci95"], margin), **entry}
+
+    first = per_seed[0]
+    out: dict[str, Any] = {
+        "budget": budget,
+        "seeds": [p["seed"] for p in pairs],
+        "ref_seed": None,
+        "a": pairs[0]["arm_a"], "b": pairs[0]["arm_b"],
+        "variants_a": [p["variant_a"] for p in pairs],
+        "variants_b": [p["variant_b"] for p in pairs],
+        "n": first["n"], "n_good": first["n_good"], "n_fault": first["n_fault"],
+        "claim": claim,
+        "verdict": claims[claim]["verdict"],
+        "auroc": claims[claim]["auroc"],
+        "accuracy_deployable": claims[claim]["accuracy_deployable"],
+        "claims": claims,
+        "per_condition": {
+            c: {"n": int((draws[0].conditions == c).sum()),
+                "n_good": int(((draws[0].conditions == c) & (draws[0].y == 0)).sum()),
+                "n_fault": int(((draws[0].conditions == c) & (draws[0].y == 1)).sum()),
+                "verdict": claims[c]["verdict"]}
+            for c in ("cold", "warm") if (draws[0].conditions == c).any()
+        },
+    }
+    routing: dict[str, Any] = {}
+    for arm, gate_key, path_key in (("a", "gate_a", "scores_a"), ("b", "gate_b", "scores_b"),
+                                    ("oracle", "gate_oracle", "scores_oracle")):
+        gate = pairs[0].get(gate_key)
+        if gate and gate != "mixed" and path_key in pairs[0]:
+            routing[arm] = {"experiment": pairs[0].get(f"arm_{arm}"), "gate": gate,
+                            **routing_by_label([_test_frame(tables[p[path_key]])
+                                                for p in pairs])}
+    if routing:
+        out["gate_routing"] = routing
+    if "scores_oracle" in pairs[0]:
+        oracle_auroc, delta_vs_b = [], []
+        for p in pairs:
+            jo = align_test_rows(tables[p["scores_b"]], tables[p["scores_oracle"]],
+                                 ("B", "oracle"))
+            y = (jo.label_a.astype(str) != "good").to_numpy().astype(np.int64)
+            cond = jo.condition_a.astype(str).to_numpy()
+            au_o = _aurocs(y, jo.score_b.to_numpy(np.float64), cond)
+            au_b = _aurocs(y, jo.score_a.to_numpy(np.float64), cond)
+            oracle_auroc.append(au_o)
+            delta_vs_b.append({c: None if au_o[c] is None or au_b[c] is None
+                               else au_o[c] - au_b[c] for c in CLAIMS})
+        out["oracle"] = {
+            "experiment": pairs[0].get("arm_oracle"),
+            "variants": [p["variant_oracle"] for p in pairs],
+            "auroc": {c: _mean([x[c] for x in oracle_auroc]) for c in CLAIMS},
+            "delta_vs_b": {c: _mean([x[c] for x in delta_vs_b]) for c in CLAIMS},
+        }
+    out["per_seed"] = per_seed
+    return out, boot
+
+
+def macro_verdicts(
+    entries: dict[str, dict[str, Any]], boots: dict[str, dict[str, dict[str, Any]]],
+    margin: float, claim: str,
+) -> dict[str, Any]:
+    """The macro average over domains of one budget: the mean of the per-domain deltas, and
+    its interval from the per-domain two-level resamples (independent streams per domain)
+    averaged resample by resample.
+
+    Args:
+        entries: domain -> its :func:`budget_verdicts` entry for this budget.
+        boots: domain -> its resampled deltas (same ``n_boot``).
+        margin, claim: as the hypothesis.
+    """
+    domains = list(entries)
+    claims = {}
+    for c in CLAIMS:
+        block = {}
+        for metric, key in (("auroc", "auroc"), ("accuracy", "accuracy_deployable")):
+            per = [entries[d]["claims"][c][key] for d in domains]
+            bs = [boots[d][metric][c] for d in domains]
+            boot = None if any(b is None for b in bs) else np.mean(bs, axis=0)
+            block[key] = {"a": _mean([x["a"] for x in per]), "b": _mean([x["b"] for x in per]),
+                          "delta": _mean([x["delta"] for x in per]), "ci95": _ci(boot),
+                          "domain_deltas": {d: x["delta"] for d, x in zip(domains, per,
+                                                                           strict=True)}}
+        claims[c] = {"verdict": verdict(block["auroc"]["ci95"], margin), **block}
+    first = entries[domains[0]]
+    return {"budget": first["budget"], "domains": domains, "seeds": first["seeds"],
+            "claim": claim, "verdict": claims[claim]["verdict"],
+            "auroc": claims[claim]["auroc"],
+            "accuracy_deployable": claims[claim]["accuracy_deployable"], "claims": claims}
+
+
+HELD_OUT = {
+    "test_good_holdout": "the references are test/good maps held out of scoring (every other "
+                         "test map is scored)",
+    "user_leaky": "the references are the extreme test/good maps and are scored again "
+                  "(leaky: the user's protocol)",
+    "train": "the references are train/good maps; every test map is scored",
+    "full": "all train/good maps are the references; every test map is scored",
+}
+
+
+def _seed_effect(refs: dict[str, Any]) -> str:
+    if refs["protocol"] == "train" or (refs["protocol"] == "test_good_holdout"
+                                       and refs["pick"] == "random"):
+        return ("each seed re-draws the references and the method's seed (e.g. the coreset "
+                "start)")
+    return ("the references are the same for every seed (pick: extremes, user_leaky or full); "
+            "the seeds vary the method's seed only")
+
+
+def _overall(verdicts: Sequence[str]) -> str | None:
+    found = sorted(set(verdicts))
+    if not found:
+        return None
+    return found[0] if len(found) == 1 else "mixed: " + ", ".join(found)
+
+
 def hypothesis_report(spec: dict[str, Any]) -> dict[str, Any]:
     """The verdict file of one hypothesis.
 
     Args:
-        spec: ``{"key", "a", "b", "description", "n_boot", "seed", "margin", "pairs": [{domain,
-            variant_a, variant_b, budget, seed, scores_a, scores_b}]}``; a pair compares the
-            scores Parquet files of two concrete runs (same budget and reference seed).
+        spec: ``{"key", "a", "b", "oracle", "description", "n_boot", "seed", "margin",
+            "claim", "claim_default", "protocol", "pairs": [{domain, budget, seed, variant_a,
+            variant_b, scores_a, scores_b[, variant_oracle, scores_oracle]}]}``; a pair
+            compares the scores Parquet files of two concrete runs of the same budget and
+            reference seed. ``protocol`` (``hdmap_ad.config.Params.hypothesis_protocol``) is
+            copied into the result with the held-out rule in words.
 
     Returns:
-        ``{hypothesis, description, a, b, claim, verdict, results: {domain: [...]}}``; the
-        overall verdict is the common verdict of all pairs, or ``mixed: ...``.
+        ``{hypothesis, description, a, b, claim, claim_rule, verdict, verdict_macro,
+        verdict_rule, margin, bootstrap, protocol, results: {domain: [entry per budget]},
+        macro: [entry per budget]}``. An entry holds ``claims`` (each of :data:`CLAIMS`:
+        ``verdict``, ``auroc`` and ``accuracy_deployable`` as ``{a, b, delta, ci95,
+        seed_deltas, single_draw}``: means over seeds, the two-level interval, each seed's
+        delta, and the first seed's single-draw interval), the claimed ones again as
+        ``verdict``/``auroc``/``accuracy_deployable``, ``per_condition`` counts and verdicts,
+        ``gate_routing`` (gated arms: decisions by condition x label summed over seeds),
+        ``oracle`` (when given) and ``per_seed``. ``verdict`` is the common claimed verdict of
+        all domain x budget entries (``mixed: ...`` otherwise); ``verdict_macro`` that of the
+        macro rows (None with one domain).
     """
+    import pyarrow.parquet as pq
+
+    claim = spec.get("claim") or "pooled"
+    protocol = dict(spec.get("protocol") or {})
+    arms = protocol.get("arms", {})
     cols = ["image_id", "role", "label", "condition", "score"]
-    results: dict[str, list[dict[str, Any]]] = {}
+    tables: dict[str, pd.DataFrame] = {}
+    groups: dict[tuple[str, Any], list[dict[str, Any]]] = {}
     for pair in spec["pairs"]:
-        cmp = compare_experiments(
-            pd.read_parquet(pair["scores_a"], columns=cols),
-            pd.read_parquet(pair["scores_b"], columns=cols),
-            n_boot=spec["n_boot"], seed=spec["seed"], margin=spec["margin"],
-        )
-        results.setdefault(pair["domain"], []).append(
-            {"budget": pair["budget"], "ref_seed": pair["seed"], "a": pair["variant_a"],
-             "b": pair["variant_b"], **cmp}
-        )
-    verdicts = sorted({r["verdict"] for rs in results.values() for r in rs})
-    overall = verdicts[0] if len(verdicts) == 1 else "mixed: " + ", ".join(verdicts)
-    return round_floats({
+        pair = {**pair, "arm_a": spec["a"], "arm_b": spec["b"],
+                "arm_oracle": spec.get("oracle"),
+                **{f"gate_{arm}": arms.get(arm, {}).get("gate") for arm in ("a", "b", "oracle")}}
+        for key in ("scores_a", "scores_b", "scores_oracle"):
+            path = pair.get(key)
+            if path and path not in tables:
+                have = set(pq.read_schema(path).names)
+                tables[path] = pd.read_parquet(path, columns=cols + (["gate"] if "gate" in have
+                                                                     else []))
+        groups.setdefault((pair["domain"], pair["budget"]), []).append(pair)
+    results: dict[str, list[dict[str, Any]]] = {}
+    boots: dict[Any, dict[str, Any]] = {}
+    for (domain, budget), pairs in groups.items():
+        entry, boot = budget_verdicts(pairs, tables, spec["n_boot"], spec["seed"],
+                                      spec["margin"], claim, domain)
+        results.setdefault(domain, []).append(entry)
+        boots.setdefault(budget, {})[domain] = (entry, boot)
+    macro = []
+    if len(results) > 1:
+        for by_domain in boots.values():
+            macro.append(macro_verdicts({d: e for d, (e, _) in by_domain.items()},
+                                        {d: b for d, (_, b) in by_domain.items()},
+                                        spec["margin"], claim))
+    refs = protocol.get("references")
+    if refs:
+        protocol["held_out"] = HELD_OUT.get(refs["protocol"], "")
+        protocol["seed_effect"] = _seed_effect(refs)
+    rule = ("default: the arms differ in gate, so the claim is detection within a condition"
+            if claim == "condition_macro" and spec.get("claim_default") else
+            "default: the arms do not differ in gate" if spec.get("claim_default") else
+            "set in params (hypotheses.<key>.claim)")
+    out: dict[str, Any] = {
         "hypothesis": spec["key"], "description": spec["description"],
-        "a": spec["a"], "b": spec["b"], "claim": f"{spec['b']} beats {spec['a']} (AUROC)",
-        "verdict": overall, "results": results,
-    })
+        "a": spec["a"], "b": spec["b"],
+        **({"oracle": spec["oracle"]} if spec.get("oracle") else {}),
+        "claim": claim,
+        "claim_text": CLAIM_TEXT[claim],
+        "claim_rule": rule,
+        "verdict": _overall([r["verdict"] for rs in results.values() for r in rs]),
+        "verdict_macro": _overall([m["verdict"] for m in macro]),
+        "verdict_rule": VERDICT_RULE,
+        "margin": float(spec["margin"]),
+        "bootstrap": {"method": BOOTSTRAP_METHOD, "citation": BOOTSTRAP_CITATION,
+                      "n_boot": int(spec["n_boot"]), "seed": int(spec["seed"]),
+                      "single_draw": "single_draw: the first seed's test maps resampled alone "
+                                     "(the reference draw held fixed), for comparison"},
+        "protocol": protocol,
+        "results": results,
+    }
+    if macro:
+        out["macro"] = macro
+    return round_floats(out)
