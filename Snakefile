@@ -9,6 +9,7 @@ include: "workflow/rules/features.smk"
 include: "workflow/rules/fit.smk"
 include: "workflow/rules/scoring.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/export.smk"
 
 
 # Light bookkeeping rules stay on the submit host in cluster runs.

@@ -161,7 +161,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from hdmap_ad.deploy.export import export_cli
 
-    export_cli(args)
+    export_cli(args, _spec(args.backbone_spec) if args.backbone_spec else None)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -173,7 +173,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_app(args: argparse.Namespace) -> int:
     from hdmap_ad.app.launch import run_app
 
-    return run_app(args.root, args.port, args.headless)
+    return run_app(args.root, args.port, args.address)
 
 
 def _outdates(s: argparse.ArgumentParser) -> None:
@@ -297,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--maps-format", default="png", help="png (overlay) | tiff (float32) | both")
     s.add_argument("--recursive", action="store_true", help="walk input folders recursively")
     s.add_argument("--device", default="cpu", help="cpu | cuda | auto (backbone)")
-    s.add_argument("--threads", type=int, help="extraction threads (default: all cores)")
+    s.add_argument("--threads", type=int, help="threads of every step (default: all cores, "
+                   "up to 16; the run's --cores reproduces its scores exactly)")
     s.add_argument("--weights", help="local checkpoint to use for a file-weights backbone")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_predict)
@@ -305,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("app", help="web app over a run's results/ and work/ (Streamlit)")
     s.add_argument("--root", default=".", help="project folder holding results/ and work/")
     s.add_argument("--port", type=int, default=8501)
-    s.add_argument("--headless", action="store_true", help="do not open a browser")
+    s.add_argument("--address", default="localhost",
+                   help="interface to serve on (0.0.0.0: every interface)")
     s.set_defaults(func=cmd_app)
     return p
 

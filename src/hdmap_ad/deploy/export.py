@@ -1,0 +1,287 @@
+"""The ``export`` step: a fitted experiment's pipeline outputs -> a self-contained model folder.
+
+Reads what the fit, score and metrics steps wrote for one domain x experiment (the model
+folder and its metadata JSON, the scores Parquet, the metrics JSON, optionally the manifest for
+the reference maps) and writes the folder described in :mod:`hdmap_ad.deploy.bundle`, as a
+whole and atomically. The deployable threshold is taken exactly from the scores (the largest
+held-out reference score; the metrics JSON reports it rounded to 6 digits) and checked against
+the metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hdmap_ad.config import BackboneConfig, ExperimentConfig
+from hdmap_ad.deploy.bundle import (
+    FORMAT,
+    FORMAT_VERSION,
+    MODEL_JSON,
+    REFERENCES,
+    SUB_MODELS,
+    VERDICT_RULE,
+    load_bundle,
+)
+from hdmap_ad.errors import InputError
+from hdmap_ad.io import atomic_dir, read_json, write_json
+
+#: Backbone fields whose value in the feature caches must equal the spec's.
+_CHECKED = ("model", "input_size", "resize", "patch_pool")
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (here, not ``features.weights``': that module imports timm,
+    seconds of start-up for a step that reads a few files)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_json(path: str | Path, what: str) -> Any:
+    try:
+        return read_json(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: {what} not found") from None
+    except ValueError as exc:
+        raise InputError(f"{path}: {what} is not valid JSON ({exc})") from None
+
+
+def deployable_threshold(scores_path: str | Path) -> tuple[float | None, dict[str, Any]]:
+    """The exact deployable threshold of a scores table, and the table's metadata.
+
+    Same definition as the metrics step: the largest ``reference_cv`` score (None when no
+    reference was scored).
+    """
+    import json
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(scores_path, columns=["role", "score"])
+    except FileNotFoundError:
+        raise InputError(f"{scores_path}: scores not found") from None
+    except Exception as exc:
+        raise InputError(f"{scores_path}: not a readable scores table ({exc})") from None
+    cv = table.filter(pc.equal(table.column("role"), "reference_cv")).column("score")
+    meta = json.loads((table.schema.metadata or {}).get(b"hdmap_ad", b"{}"))
+    return (float(pc.max(cv).as_py()) if len(cv) else None), meta
+
+
+def _preprocessing(backbone: BackboneConfig, exp: ExperimentConfig,
+                   features: dict[str, Any], where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Preprocessing and weights records from the feature caches' provenance, checked
+    against the backbone spec."""
+    if backbone.key != exp.backbone:
+        raise InputError(f"{where}: backbone spec {backbone.key!r} is not the experiment's "
+                         f"backbone {exp.backbone!r}")
+    missing = [la for la in exp.layers if la not in features]
+    if missing:
+        raise InputError(f"{where}: model metadata has no feature provenance for {missing}")
+    first = features[exp.layers[0]]
+    for layer in exp.layers:
+        cache = features[layer]
+        for key in _CHECKED:
+            if cache.get(key) != getattr(backbone, key):
+                raise InputError(f"{where}: features of {layer} were made with {key} "
+                                 f"{cache.get(key)!r}, the backbone spec says "
+                                 f"{getattr(backbone, key)!r}")
+        if cache["weights"].get("state_sha256") != first["weights"].get("state_sha256"):
+            raise InputError(f"{where}: layers were extracted with different weights")
+    pre = {
+        "map_shape": first["map_shape"],
+        "input_size": backbone.input_size,
+        "resize": backbone.resize,
+        "mean": first["mean"],
+        "std": first["std"],
+        "patch_pool": backbone.patch_pool,
+        "layers": list(exp.layers),
+        "precision": first.get("precision"),
+        "extract_batch_size": first.get("batch_size"),
+        "channels": {layer: features[layer]["channels"] for layer in exp.layers},
+    }
+    weights = dict(first["weights"])
+    return pre, weights
+
+
+def _reference_maps(manifest_path: str, ref_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    from hdmap_ad.data.manifest import read_manifest
+    from hdmap_ad.data.maps import read_map
+
+    manifest = read_manifest(manifest_path).set_index("image_id")
+    missing = [i for i in ref_ids if i not in manifest.index]
+    if missing:
+        raise InputError(f"{manifest_path}: reference(s) {missing[:5]} not in the manifest")
+    maps = np.stack([read_map(manifest.loc[i, "path"]) for i in ref_ids])
+    return np.asarray(ref_ids, dtype=str), maps
+
+
+def model_record(
+    backbone: BackboneConfig,
+    meta_path: str,
+    model_dir: str,
+    scores_path: str,
+    metrics_path: str,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """``model.json`` of one fitted domain x experiment (see :mod:`hdmap_ad.deploy.bundle`);
+    the arguments as in :func:`export_model`.
+
+    Raises:
+        InputError: a missing input, or inputs that do not belong together (another
+            experiment, other features, a threshold that differs from the metrics').
+    """
+    from hdmap_ad.deploy.bundle import _experiment
+    from hdmap_ad.metrics.image import round_floats
+    from hdmap_ad.scoring.score import BATCH_MAPS
+
+    meta = _read_json(meta_path, "model metadata")
+    metrics = _read_json(metrics_path, "metrics")
+    exp = _experiment(meta["experiment"])
+    deploy, scores_meta = deployable_threshold(scores_path)
+    if scores_meta.get("experiment") != meta["experiment"]:
+        raise InputError(f"{scores_path}: scored with another experiment than {meta_path}")
+    if metrics.get("params") != round_floats(meta["experiment"]):
+        raise InputError(f"{metrics_path}: metrics of another experiment than {meta_path}")
+    reported = metrics["thresholds"]["deployable"]
+    if (reported is None) != (deploy is None) or (
+            deploy is not None and abs(round(deploy, 6) - reported) > 1e-6):
+        raise InputError(f"{metrics_path}: deployable threshold {reported} differs from the "
+                         f"scores' {deploy}; re-run the metrics step")
+    provenance = meta.get("provenance") or {}
+    pre, weights = _preprocessing(backbone, exp, provenance.get("features") or {},
+                                  str(meta_path))
+    subs = sorted(meta["sub_banks"])
+    for sub in subs:
+        for ext in ("npz", "json"):
+            if not (Path(model_dir) / f"{sub}.{ext}").is_file():
+                raise InputError(f"{Path(model_dir) / f'{sub}.{ext}'}: sub-model file not found")
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name or Path(metrics_path).stem,
+        "domain": provenance.get("domain"),
+        "method": exp.method.name,
+        "experiment": meta["experiment"],
+        "backbone": backbone.to_dict(),
+        "weights": weights,
+        "preprocessing": pre,
+        "grid": meta["grid"],
+        "dim": meta["dim"],
+        "gate": {**meta["gate"], "margin": exp.gate_margin, "seed": exp.seed},
+        "thresholds": {
+            "deployable": deploy,
+            "deployable_note": metrics["thresholds"].get("deployable_note"),
+            "rule": VERDICT_RULE,
+            "best_on_test": metrics["thresholds"].get("best"),
+        },
+        "sub_models": {s: meta["sub_banks"][s] for s in subs},
+        "references": meta["references"],
+        "batching": {
+            "extract_batch_size": backbone.batch_size,
+            "score_batch_maps": BATCH_MAPS,
+            "note": "predictions reproduce the pipeline's scores bit for bit when maps are "
+                    "extracted and scored in the same batches with as many threads as the "
+                    "run's jobs had (CPU convolution, BLAS and faiss kernels pick their "
+                    "blocking by batch size and threads)",
+        },
+        "metrics": {k: metrics.get(k) for k in ("metrics", "per_condition", "gate", "counts")},
+        "provenance": {
+            **provenance,
+            "exported_from": {
+                "model_meta_sha256": file_sha256(Path(meta_path)),
+                "scores_sha256": file_sha256(Path(scores_path)),
+                "metrics_sha256": file_sha256(Path(metrics_path)),
+                "sub_models_sha256": {f"{s}.{ext}": file_sha256(Path(model_dir) / f"{s}.{ext}")
+                                      for s in subs for ext in ("npz", "json")},
+            },
+        },
+    }
+
+
+def export_model(
+    backbone: BackboneConfig,
+    meta_path: str,
+    model_dir: str,
+    scores_path: str,
+    metrics_path: str,
+    out: str,
+    manifest_path: str | None = None,
+    name: str | None = None,
+) -> None:
+    """Write the model folder ``out`` for one fitted domain x experiment.
+
+    Args:
+        backbone: the experiment's backbone spec (params ``backbones.<key>``).
+        meta_path: the fit step's metadata JSON (``work/models/domain_X/<exp>.json``).
+        model_dir: the fit step's model folder (one file set per sub-model).
+        scores_path: the score step's Parquet (deployable threshold, checks).
+        metrics_path: the metrics JSON (the study's figures, threshold check).
+        out: the model folder to write (replaced as a whole, atomically).
+        manifest_path: the domain manifest; with it the reference maps are exported too.
+        name: the model's name (default: the metrics file's stem, ``domainC_gated``).
+
+    Raises:
+        InputError: as :func:`model_record`, or a sub-model file missing.
+    """
+    for p in (meta_path, scores_path, metrics_path):
+        if not Path(p).is_file():
+            raise InputError(f"{p}: not found; run the pipeline for this target first")
+    model = model_record(backbone, meta_path, model_dir, scores_path, metrics_path, name)
+    with atomic_dir(out) as tmp:
+        (tmp / SUB_MODELS).mkdir()
+        for s in model["sub_models"]:
+            for ext in ("npz", "json"):
+                shutil.copyfile(Path(model_dir) / f"{s}.{ext}", tmp / SUB_MODELS / f"{s}.{ext}")
+        if manifest_path:
+            ids, maps = _reference_maps(manifest_path,
+                                        [r["image_id"] for r in model["references"]])
+            with open(tmp / REFERENCES, "wb") as fh:
+                np.savez(fh, image_id=ids, maps=maps)
+        write_json(tmp / MODEL_JSON, model)
+        load_bundle(tmp)  # the folder must load before it replaces anything
+
+
+def export_step(backbone_spec: dict[str, Any], meta_path: str, model_dir: str, scores_path: str,
+                metrics_path: str, out: str, manifest_path: str | None = None) -> None:
+    """The CLI/rule entry: the backbone spec as JSON (with its ``key``)."""
+    spec = dict(backbone_spec)
+    export_model(BackboneConfig.from_dict(spec.pop("key"), spec), meta_path, model_dir,
+                 scores_path, metrics_path, out, manifest_path)
+
+
+def export_cli(args: Any, backbone_spec: dict[str, Any] | None = None) -> None:
+    """``python -m hdmap_ad export``: from params (``--domain --experiment``, paths as the
+    pipeline lays them out) or from explicit files (``--backbone-spec --meta --model --scores
+    --metrics --out``, as the Snakemake rule calls it; ``backbone_spec`` parsed by the CLI)."""
+    if args.experiment or args.domain:
+        from hdmap_ad.config import load_params
+
+        if not (args.experiment and args.domain):
+            raise InputError("export: --domain and --experiment go together")
+        params = load_params(args.params)
+        if args.experiment not in params.experiments:
+            raise InputError(f"--experiment: {args.experiment!r} is not an experiment of "
+                             f"{args.params} ({sorted(params.experiments)})")
+        exp = params.experiments[args.experiment]
+        d, e, work = args.domain, args.experiment, args.work
+        target = f"{params.dataset.result_prefix}{d}_{e}"
+        export_model(params.backbones[exp.backbone], f"{work}/models/domain_{d}/{e}.json",
+                     f"{work}/models/domain_{d}/{e}", f"{work}/scores/domain_{d}/{e}.parquet",
+                     f"results/{target}.json", args.out or f"results/models/{target}",
+                     args.manifest or f"{work}/manifests/domain_{d}.parquet")
+        return
+    missing = [f"--{k.replace('_', '-')}" for k in
+               ("backbone_spec", "meta", "model", "scores", "metrics", "out")
+               if not getattr(args, k)]
+    if missing or backbone_spec is None:
+        raise InputError(f"export: give --domain and --experiment, or {' '.join(missing)}")
+    export_step(backbone_spec, args.meta, args.model, args.scores, args.metrics, args.out,
+                args.manifest)

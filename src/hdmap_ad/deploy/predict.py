@@ -1,0 +1,405 @@
+"""The ``predict`` step: an exported model folder + maps (folders or files) -> one CSV.
+
+For every map: the image score, the verdict at the deployable threshold (``anomalous`` when
+``score >= threshold``), the p90 gate's decision (``routing``) and the sub-model whose score
+was kept, each sub-model's score where the gate searched both, the worst patch (grid row and
+column, and the map pixel under its centre) and, with ``maps_dir``, the anomaly map as PNG
+(overlay) and/or TIFF (float32, the map's size). Maps need no labels or folder layout.
+
+Streaming: maps are read and extracted ``batch_size`` at a time (the backbone's, as the
+pipeline's extraction), their layer features wait in one queue per gate decision, and a queue
+is scored when it holds ``score_batch_maps`` maps (the pipeline's scoring batch) or at the end.
+Memory is bounded by one extraction batch plus one scoring batch per decision, whatever the
+number of maps; rows are written in input order as soon as all earlier rows are done.
+
+Exactness: a map's score depends, in the last float32 bits, on the other maps in its batch and
+on the thread count (CPU convolution, BLAS and faiss kernels choose their blocking by batch
+size and threads). Predictions batch as the pipeline does (extraction in input order, scoring
+grouped by gate decision in batches of 32), so the test maps given in the order the score step
+scored them, with ``threads`` equal to the run's ``--cores`` (up to 16), give the pipeline's
+scores bit for bit (``tests/test_export_predict.py``; on the demo's 768 domain C test maps
+too). Another order or thread count moves a score by up to about 2e-6 of its value.
+
+A bad file (unreadable, corrupt, wrong shape, NaN/Inf, negative values) gets a row with the
+reason in ``error`` and no score; the others are scored as usual.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hdmap_ad.banks.gate import BOTH, COLD, WARM, gate_decisions
+from hdmap_ad.data.maps import IMAGE_SUFFIXES, read_map
+from hdmap_ad.deploy.bundle import ModelBundle, load_bundle
+from hdmap_ad.errors import InputError
+
+VERDICT_ANOMALOUS, VERDICT_NORMAL = "anomalous", "normal"
+MAP_FORMATS = ("png", "tiff", "both")
+
+
+@dataclass
+class Prediction:
+    """One map's prediction (one CSV row); ``error`` set means it was not scored."""
+
+    position: int
+    path: str
+    p90: float | None = None
+    routing: str = ""
+    sub_model: str = ""
+    score: float | None = None
+    sub_scores: dict[str, float] = field(default_factory=dict)
+    patch_scores: np.ndarray | None = None  # (gh, gw)
+    worst_patch: tuple[int, int] | None = None
+    worst_pixel: tuple[int, int] | None = None
+    anomaly_map: str = ""
+    error: str = ""
+
+
+def list_inputs(inputs: Iterable[str], recursive: bool = False) -> list[tuple[str, str]]:
+    """Map files to predict, as ``(path, name)`` in order: a folder gives its image files
+    (png, jpg, bmp, tif/tiff) sorted by name (with ``recursive``, by relative path), a file
+    gives itself (read as a map whatever its suffix; a missing one becomes an error row).
+    ``name`` is unique: the path relative to its input folder (or the file name), with
+    ``/`` as ``__``, numbered where names repeat; anomaly-map files are named after it.
+
+    Raises:
+        InputError: a folder without any map file.
+    """
+    out: list[tuple[str, str]] = []
+    seen: dict[str, int] = {}
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            pattern = p.rglob("*") if recursive else p.iterdir()
+            files = sorted(f for f in pattern if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise InputError(f"{p}: no map files ({', '.join(IMAGE_SUFFIXES)}) found")
+            named = [(str(f), f.relative_to(p).with_suffix("").as_posix()) for f in files]
+        else:
+            named = [(str(p), p.stem)]
+        for path, name in named:
+            name = name.replace("/", "__")
+            seen[name] = seen.get(name, 0) + 1
+            out.append((path, name if seen[name] == 1 else f"{name}__{seen[name]}"))
+    return out
+
+
+#: The pipeline's extract and score jobs take this many threads at most (``THREAD_CAP``).
+MAX_THREADS = 16
+
+
+def default_threads() -> int:
+    """All cores up to :data:`MAX_THREADS`: what the pipeline's jobs take with ``--cores all``."""
+    return max(1, min(os.cpu_count() or 1, MAX_THREADS))
+
+
+class Predictor:
+    """Extracts and scores maps with an exported model, reproducing the pipeline's steps.
+
+    Args:
+        bundle: the loaded model folder.
+        device: ``cpu`` | ``cuda`` for the backbone (resolved).
+        threads: threads of every step (torch, BLAS, OpenMP/faiss), as the pipeline's
+            extract and score jobs get ``OMP_NUM_THREADS`` = Snakemake's ``--cores`` (up to
+            16); None: :func:`default_threads`.
+    """
+
+    def __init__(self, bundle: ModelBundle, device: str = "cpu", threads: int | None = None):
+        from hdmap_ad.features.weights import load_backbone
+
+        self.threads = int(threads) if threads else default_threads()
+        if self.threads < 1:
+            raise InputError(f"--threads: {threads} must be >= 1")
+        self.bundle = bundle
+        self.exp = bundle.experiment
+        self.cfg = bundle.backbone
+        self.model, info = load_backbone(self.cfg, device)
+        want = bundle.meta["weights"].get("state_sha256")
+        if want and info.state_sha256 != want:
+            raise InputError(
+                f"{bundle.folder}: the backbone weights loaded ({self.cfg.weights.source}"
+                f" {info.file or self.cfg.weights.package or ''}) differ from those the model "
+                f"was fit with (state sha256 {info.state_sha256[:12]}... != {want[:12]}...)")
+        pre = bundle.meta["preprocessing"]
+        self.mean = tuple(pre["mean"])
+        self.std = tuple(pre["std"])
+        self.batch = bundle.meta["batching"]
+        self._rng = np.random.default_rng(self.exp.seed)  # the random gate's draws, in order
+
+    # -- steps ------------------------------------------------------------------------------
+    def read(self, path: str) -> tuple[np.ndarray, float]:
+        """The map and its p90 (as the manifest computes it); InputError for a bad file."""
+        arr = read_map(path)
+        if tuple(arr.shape) != tuple(self.bundle.map_shape):
+            raise InputError(f"{path}: map shape {tuple(arr.shape)} differs from the model's "
+                             f"{tuple(self.bundle.map_shape)}")
+        gray = arr if arr.ndim == 2 else arr.mean(axis=-1)
+        return arr, float(np.percentile(gray, 90))
+
+    def _limits(self):
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(limits=self.threads)
+
+    def extract(self, maps: np.ndarray) -> dict[str, np.ndarray]:
+        """``{layer: (B, gh, gw, C)}`` of the backbone's layers (one forward pass)."""
+        import torch
+
+        from hdmap_ad.features.extract import extract_batch
+        from hdmap_ad.features.preprocess import preprocess
+
+        torch.set_num_threads(self.threads)
+        with self._limits():
+            return extract_batch(self.model, preprocess(maps, self.cfg, self.mean, self.std),
+                                 list(self.cfg.layers), self.cfg.patch_pool,
+                                 self.cfg.autocast_cuda)
+
+    def decide(self, p90: np.ndarray) -> np.ndarray:
+        """Gate decision per map (new maps have no known condition: oracle and inverse use
+        the p90 decision, as the pipeline does for maps without one)."""
+        if self.exp.gate == "random":
+            return np.where(self._rng.random(len(p90)) < 0.5, COLD, WARM).astype(object)
+        return gate_decisions(self.exp.gate, p90, np.full(len(p90), "unknown", dtype=object),
+                              self.bundle.gate.threshold, margin=self.exp.gate_margin,
+                              seed=self.exp.seed)
+
+    def describe(self, layer_feats: list[dict[str, np.ndarray]]) -> np.ndarray:
+        """``(B, H, W, D)`` descriptors of a scoring batch, built as the pipeline's
+        ``DescriptorSource`` builds them (layers combined on the finest grid, then the
+        experiment's projection / context)."""
+        from hdmap_ad.features.descriptors import combine_layers
+
+        layers = [np.stack([f[layer] for f in layer_feats]) for layer in self.exp.layers]
+        return self.exp.descriptor.apply(combine_layers(layers), f"experiments.{self.exp.key}")
+
+    def score(self, desc: np.ndarray, decision: str
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Score a batch routed to ``decision`` (``both``: every sub-model, the lowest image
+        score kept, first sub-model on ties: the rule of ``score_routed``).
+
+        Returns ``(scores (B,), patch_scores (B, gh, gw), kept sub-model (B,), every searched
+        sub-model's scores)``.
+        """
+        names = sorted(self.bundle.models) if decision == BOTH else [decision]
+        b = len(desc)
+        best = np.full(b, np.inf, dtype=np.float32)
+        patches = np.zeros((b, *desc.shape[1:3]), dtype=np.float32)
+        kept = np.empty(b, dtype=object)
+        each = {}
+        for name in names:
+            s, ps = self.bundle.models[name].score(desc)
+            each[name] = s
+            better = s < best
+            best[better], patches[better], kept[better] = s[better], ps[better], name
+        return best, patches, kept, each
+
+    def score_features(self, layer_feats: list[dict[str, np.ndarray]], decision: str
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """:meth:`describe` then :meth:`score`, on the predictor's threads (BLAS, OpenMP,
+        torch), as the pipeline's score job runs them."""
+        import torch
+
+        torch.set_num_threads(self.threads)
+        with self._limits():
+            return self.score(self.describe(layer_feats), decision)
+
+
+def predict_maps(predictor: Predictor, items: list[tuple[str, str]], maps_dir: str | None = None,
+                 maps_format: str = "png", progress: bool = False) -> Iterator[Prediction]:
+    """Predictions for ``items`` (``(path, name)``), yielded in input order (streaming)."""
+    from tqdm import tqdm
+
+    bundle = predictor.bundle
+    batch_size = int(predictor.batch["extract_batch_size"])
+    score_batch = int(predictor.batch["score_batch_maps"])
+    queues: dict[str, list[tuple[Prediction, dict[str, np.ndarray], np.ndarray]]] = {}
+    done: dict[int, Prediction] = {}
+    next_pos = 0
+    out_dir = Path(maps_dir) if maps_dir else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    names = {}
+
+    def flush(decision: str) -> None:
+        queue = queues.pop(decision, [])
+        if not queue:
+            return
+        scores, patches, kept, each = predictor.score_features([f for _, f, _ in queue], decision)
+        for i, (pred, _, img) in enumerate(queue):
+            pred.score = float(scores[i])
+            pred.sub_model = str(kept[i])
+            pred.sub_scores = {k: float(v[i]) for k, v in each.items()}
+            pred.patch_scores = patches[i]
+            _locate(pred, bundle)
+            if out_dir is not None:
+                pred.anomaly_map = _write_map(out_dir, names[pred.position], img, patches[i],
+                                              bundle, maps_format)
+            pred.patch_scores = None  # not kept: rows wait only for earlier ones
+            done[pred.position] = pred
+
+    bar = tqdm(total=len(items), unit="map", desc="predict", disable=not progress,
+               file=sys.stderr, mininterval=1.0)
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        good: list[tuple[Prediction, np.ndarray]] = []
+        for offset, (path, name) in enumerate(chunk):
+            pred = Prediction(position=start + offset, path=path)
+            names[pred.position] = name
+            try:
+                img, pred.p90 = predictor.read(path)
+            except InputError as exc:
+                pred.error = str(exc)
+                done[pred.position] = pred
+                continue
+            good.append((pred, img))
+        if good:
+            feats = predictor.extract(np.stack([img for _, img in good]))
+            finite = np.ones(len(good), dtype=bool)
+            for f in feats.values():  # an extreme finite map overflows inside the backbone
+                finite &= np.isfinite(f.reshape(len(f), -1)).all(axis=1)
+            for pred, _ in (g for g, ok in zip(good, finite, strict=True) if not ok):
+                pred.error = (f"{pred.path}: its features are NaN or Inf (map values too "
+                              "large for the backbone?)")
+                done[pred.position] = pred
+            keep = np.flatnonzero(finite)
+            good = [good[i] for i in keep]
+            feats = {layer: f[keep] for layer, f in feats.items()}
+        if good:
+            decisions = predictor.decide(np.array([p.p90 for p, _ in good]))
+            for i, ((pred, img), decision) in enumerate(zip(good, decisions, strict=True)):
+                pred.routing = str(decision)
+                one = {layer: f[i] for layer, f in feats.items()}
+                queues.setdefault(pred.routing, []).append((pred, one, img))
+                if len(queues[pred.routing]) == score_batch:
+                    flush(pred.routing)
+        bar.update(len(chunk))
+        while next_pos in done:
+            names.pop(next_pos, None)
+            yield done.pop(next_pos)
+            next_pos += 1
+    for decision in sorted(queues):
+        flush(decision)
+    bar.close()
+    while next_pos in done:
+        yield done.pop(next_pos)
+        next_pos += 1
+
+
+def _locate(pred: Prediction, bundle: ModelBundle) -> None:
+    from hdmap_ad.deploy.render import patch_center, worst_patch
+
+    assert pred.patch_scores is not None
+    pred.worst_patch = worst_patch(pred.patch_scores)
+    pre = bundle.meta["preprocessing"]
+    pred.worst_pixel = patch_center(*pred.worst_patch, bundle.grid, bundle.map_shape,
+                                    int(pre["input_size"]), str(pre["resize"]))
+
+
+def _write_map(out_dir: Path, name: str, img: np.ndarray, patch_scores: np.ndarray,
+               bundle: ModelBundle, fmt: str) -> str:
+    """Write the anomaly map as ``<name>.png`` (overlay) and/or ``<name>.tiff`` (float32);
+    returns the path(s) written, ``;``-separated."""
+    import tifffile
+
+    from hdmap_ad.deploy.render import overlay_rgb, png_bytes
+    from hdmap_ad.io import atomic_path
+    from hdmap_ad.metrics.pixel import anomaly_map
+
+    heat = anomaly_map(patch_scores, tuple(img.shape[:2]))
+    written = []
+    if fmt in ("png", "both"):
+        top = bundle.deployable if bundle.deployable is not None else float(heat.max())
+        path = out_dir / f"{name}.png"
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(png_bytes(overlay_rgb(img, heat, 0.0, top)))
+        written.append(str(path))
+    if fmt in ("tiff", "both"):
+        path = out_dir / f"{name}.tiff"
+        with atomic_path(path) as tmp:
+            tifffile.imwrite(tmp, heat.astype(np.float32))
+        written.append(str(path))
+    return ";".join(written)
+
+
+def csv_columns(bundle: ModelBundle) -> list[str]:
+    subs = [f"score_{name}" for name in sorted(bundle.models)]
+    return ["path", "score", "threshold", "verdict", "p90", "gate_threshold", "routing",
+            "sub_model", *subs, "worst_patch_row", "worst_patch_col", "worst_y", "worst_x",
+            "anomaly_map", "error"]
+
+
+def csv_row(pred: Prediction, bundle: ModelBundle) -> dict[str, Any]:
+    """The CSV row of a prediction (floats written with ``repr``: they read back exactly)."""
+    thr = bundle.deployable
+    verdict = ""
+    if pred.score is not None and thr is not None:
+        verdict = VERDICT_ANOMALOUS if pred.score >= thr else VERDICT_NORMAL
+    row: dict[str, Any] = {
+        "path": pred.path,
+        "score": pred.score,
+        "threshold": thr,
+        "verdict": verdict,
+        "p90": pred.p90,
+        "gate_threshold": bundle.gate.threshold,
+        "routing": pred.routing,
+        "sub_model": pred.sub_model,
+        "worst_patch_row": pred.worst_patch[0] if pred.worst_patch else None,
+        "worst_patch_col": pred.worst_patch[1] if pred.worst_patch else None,
+        "worst_y": pred.worst_pixel[0] if pred.worst_pixel else None,
+        "worst_x": pred.worst_pixel[1] if pred.worst_pixel else None,
+        "anomaly_map": pred.anomaly_map,
+        "error": pred.error,
+    }
+    for name in bundle.models:
+        row[f"score_{name}"] = pred.sub_scores.get(name)
+    return {k: ("" if v is None else v) for k, v in row.items()}
+
+
+def predict_to_csv(model: str, inputs: list[str], out: str, maps_dir: str | None = None,
+                   maps_format: str = "png", recursive: bool = False, device: str = "cpu",
+                   threads: int | None = None, weights: str | None = None,
+                   progress: bool = True) -> dict[str, int]:
+    """Predict every map of ``inputs`` and write the CSV ``out`` (atomically, streamed).
+
+    Returns counts: ``maps``, ``scored``, ``anomalous``, ``failed``.
+    """
+    from hdmap_ad.io import atomic_path
+
+    if maps_format not in MAP_FORMATS:
+        raise InputError(f"--maps-format: {maps_format!r} is not one of {MAP_FORMATS}")
+    items = list_inputs(inputs, recursive)
+    if not items:
+        raise InputError("--input: no maps given")
+    bundle = load_bundle(model, device, weights)
+    predictor = Predictor(bundle, device, threads)
+    counts = {"maps": len(items), "scored": 0, "anomalous": 0, "failed": 0}
+    with atomic_path(out) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=csv_columns(bundle), lineterminator="\n")
+        writer.writeheader()
+        for pred in predict_maps(predictor, items, maps_dir, maps_format, progress):
+            row = csv_row(pred, bundle)
+            writer.writerow(row)
+            counts["failed"] += bool(pred.error)
+            counts["scored"] += pred.score is not None
+            counts["anomalous"] += row["verdict"] == VERDICT_ANOMALOUS
+    return counts
+
+
+def predict_step(args: Any, device: str = "cpu") -> int:
+    """The CLI entry: writes the CSV, prints a one-line summary; exit status 1 when any map
+    failed (its reason is in the ``error`` column), else 0."""
+    counts = predict_to_csv(args.model, args.input, args.out, args.maps_dir, args.maps_format,
+                            args.recursive, device, args.threads, args.weights,
+                            progress=not args.quiet)
+    print(f"hdmap_ad predict: {counts['maps']} maps, {counts['scored']} scored, "
+          f"{counts['anomalous']} anomalous, {counts['failed']} failed -> {args.out}",
+          file=sys.stderr)
+    return 1 if counts["failed"] else 0

@@ -1,0 +1,32 @@
+# Deployment: one domain x experiment as a self-contained model folder
+# (`snakemake results/models/domainC_gated`), loadable without work/ or DVC. Not part of `all`.
+
+
+def export_backbone_spec(wildcards):
+    """JSON of the experiment's backbone entry (its key included), as the extraction got it."""
+    exp = PARAMS.experiments[wildcards.experiment]
+    return spec_json(PARAMS.backbones[exp.backbone])
+
+
+rule export:
+    input:
+        model=f"{WORK}/models/domain_{{domain}}/{{experiment}}",
+        meta=f"{WORK}/models/domain_{{domain}}/{{experiment}}.json",
+        scores=f"{WORK}/scores/domain_{{domain}}/{{experiment}}.parquet",
+        metrics=f"results/{RESULT_PREFIX}{{domain}}_{{experiment}}.json",
+        manifest=manifest_path,
+        code=method_code("hdmap_ad.deploy.export"),
+    output:
+        directory(f"results/models/{RESULT_PREFIX}{{domain}}_{{experiment}}"),
+    params:
+        backbone=export_backbone_spec,
+    log:
+        f"{WORK}/logs/export/{{domain}}_{{experiment}}.log",
+    shell:
+        "python -m hdmap_ad export --backbone-spec {params.backbone:q} --meta {input.meta:q} "
+        "--model {input.model:q} --scores {input.scores:q} --metrics {input.metrics:q} "
+        "--manifest {input.manifest:q} --out {output:q} 2> {log:q}"
+
+
+localrules:
+    export,
