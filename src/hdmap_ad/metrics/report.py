@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -135,6 +136,8 @@ def metrics_step(scores_path: str, meta_path: str, manifest_path: str,
     meta = read_json(meta_path)
     manifest = read_manifest(manifest_path)
     prov = provenance(domain, manifest, feature_paths)
+    scores_meta = json.loads((table.schema.metadata or {}).get(b"hdmap_ad", b"{}"))
+    prov["score_threads"] = scores_meta.get("threads")
     test = (scores.role == "test").to_numpy()
     pixel = None
     rows = manifest.set_index("image_id").loc[scores.image_id[test]]

@@ -9,6 +9,7 @@ threshold is fit on; see ``hdmap_ad.metrics``). Works for every registered metho
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -219,5 +220,8 @@ def score_experiment(exp: ExperimentConfig, manifest_path: str, feature_paths: l
                          cv_patches[ok]),
         ],
         {"experiment": exp.to_dict(), "gate": meta["gate"],
-         "provenance": meta.get("provenance")},
+         "provenance": meta.get("provenance"),
+         # BLAS / faiss sum in thread-dependent order: scores can differ in the last float
+         # bits between thread counts, so the count is recorded with them
+         "threads": int(os.environ.get("OMP_NUM_THREADS") or 0) or None},
     )
