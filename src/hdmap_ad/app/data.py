@@ -183,9 +183,16 @@ class Run:
         return np.array(table.column("patch_scores").combine_chunks().to_numpy_ndarray()[0])
 
     def manifest(self, domain: str) -> pd.DataFrame:
+        """The domain's manifest, its map and mask paths resolved against the run's folder
+        (the pipeline records them relative to where it ran, not to where the app runs)."""
         from hdmap_ad.data.manifest import read_manifest
 
-        return read_manifest(self.manifest_path(domain))
+        df = read_manifest(self.manifest_path(domain))
+        for col in ("path", "mask_path"):
+            if col in df:
+                df[col] = [p if not p or Path(p).is_absolute() else str(self.root / p)
+                           for p in df[col]]
+        return df
 
 
 def _seeds(result: dict[str, Any]) -> str:
