@@ -83,3 +83,26 @@ def test_heavy_steps_take_the_cores_they_are_given(tmp_path):
         block = out[out.index(f"rule {rule}:"):].split("\n\n")[0]
         assert "threads: 4" in block, block
         assert "OMP_NUM_THREADS=4 " in block, block
+
+
+def test_a_method_module_is_a_code_input_of_its_own_experiments_only(tmp_path):
+    """Editing padim.py must re-run PaDiM experiments, not PatchCore ones (the registry
+    imports every method module, so a plain import closure would list them all)."""
+    copy_project(tmp_path)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["experiments"]["padim"] = {**params["experiments"]["gated"],
+                                      "method": {"name": "padim"}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    inputs = {}
+    for exp in ("padim", "gated"):
+        proc = subprocess.run(["snakemake", "-n", "--cores", "1", f"results/domainC_{exp}.json"],
+                              cwd=tmp_path, env=project_env(tmp_path), capture_output=True,
+                              text=True)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+        block = proc.stdout[proc.stdout.index("rule fit:"):].split("\n\n")[0]
+        inputs[exp] = {f.strip() for f in block.split("input:")[1].split("\n")[0].split(",")}
+    assert "src/hdmap_ad/methods/padim.py" in inputs["padim"]
+    assert "src/hdmap_ad/methods/patchcore.py" not in inputs["padim"]
+    assert "src/hdmap_ad/methods/patchcore.py" in inputs["gated"]
+    assert not {"src/hdmap_ad/methods/padim.py", "src/hdmap_ad/methods/spade.py"} & \
+        inputs["gated"]

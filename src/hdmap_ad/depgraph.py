@@ -48,6 +48,12 @@ def _imports(path: Path) -> tuple[str, ...]:
     return tuple(found)
 
 
+def module_imports(module: str, src: Path = SRC) -> tuple[str, ...]:
+    """The ``hdmap_ad`` modules that ``module`` itself imports (not transitively)."""
+    path = module_file(module, src)
+    return _imports(path) if path is not None else ()
+
+
 def closure(*modules: str, src: Path = SRC, skip: frozenset[str] = frozenset()) -> list[Path]:
     """Source files of ``modules`` and of every ``hdmap_ad`` module they import, sorted.
 

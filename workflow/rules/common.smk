@@ -1,4 +1,5 @@
 # Config validation, path helpers and target lists. Rules call these; no lambdas in rules.
+import functools
 import json
 import os
 import re
@@ -6,7 +7,7 @@ from pathlib import Path
 
 from hdmap_ad.config import SYNTHETIC_ROOT, parse_params, read_params_yaml, spec_json
 from hdmap_ad.data.fingerprint import dataset_param
-from hdmap_ad.depgraph import closure
+from hdmap_ad.depgraph import closure, module_imports
 from hdmap_ad.errors import InputError
 from hdmap_ad.methods import METHODS
 
@@ -32,11 +33,24 @@ THREAD_CAP = 16
 STEP_THREADS = max(1, min(workflow.cores or 1, THREAD_CAP))
 
 
+@functools.lru_cache(maxsize=None)
+def _code(entries, own_method=None):
+    """Sorted code inputs of ``entries`` (+ one method module), computed once per distinct
+    pair: input functions call this for every job of a rule."""
+    files = closure(*entries, skip=_METHOD_MODULES)
+    if own_method is not None:
+        # the registry (methods/__init__) imports every method module: follow only the
+        # experiment's own module and the method modules it imports itself
+        uses = {own_method, *module_imports(own_method)}
+        files += closure(own_method, skip=_METHOD_MODULES - uses)
+    return tuple(sorted({os.path.relpath(f) for f in files}))
+
+
 def code(*entries):
     """Source files a step runs (the import closure of its entry modules, without any method
     module; ``hdmap_ad.depgraph``), relative to the working directory so that moving the
     checkout re-runs nothing. Listed as inputs: an edit re-runs the steps that import it."""
-    return sorted(os.path.relpath(f) for f in closure(*entries, skip=_METHOD_MODULES))
+    return list(_code(entries))
 
 
 def method_code(*entries):
@@ -44,8 +58,7 @@ def method_code(*entries):
     input function: a PaDiM edit re-runs PaDiM experiments only)."""
     def files(wildcards):
         own = type(PARAMS.experiments[wildcards.experiment].method.method).__module__
-        extra = [os.path.relpath(f) for f in closure(own)]
-        return sorted(set(code(*entries)) | set(extra))
+        return list(_code(entries, own))
 
     return files
 
