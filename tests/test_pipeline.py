@@ -187,6 +187,18 @@ def test_dag_runs_and_reruns_only_what_changed(project: Path):
     params["experiments"]["gated"]["method"] = {"name": "patchcore", "coreset_ratio": 0.25,
                                                 "num_neighbors": 3}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _smk(project, "results/domainC_gated.json")
+
+    # score-stage options (a method's num_neighbors, the gate margin) re-run scoring only:
+    # the fit step's param holds the fit view of the experiment
+    params["experiments"]["gated"]["method"]["num_neighbors"] = 1
+    params["experiments"]["gated"]["gate_margin"] = 0.05
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    jobs = _jobs(_smk(project, "-n", "results/domainC_gated.json"))
+    assert jobs == {"score": 1, "metrics": 1}, jobs
+    params["experiments"]["gated"]["method"]["num_neighbors"] = 3
+    params["experiments"]["gated"].pop("gate_margin")
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     # a new CPD experiment over the cached backbone runs no extraction either
     params = yaml.safe_load((project / "params.yaml").read_text())

@@ -87,6 +87,10 @@ class DatasetConfig:
         return "domain" if self.has_conditions else ""
 
 
+#: Experiment keys only the score step reads (see ``ExperimentConfig.fit_dict``).
+SCORE_STAGE_KEYS = ("gate_margin",)
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     """One run: backbone layers, descriptors, references, gate and method (with its options).
@@ -145,6 +149,16 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["method"] = self.method.to_dict()
+        return out
+
+    def fit_dict(self) -> dict[str, Any]:
+        """What the fit step reads (its Snakemake param and the model metadata): ``to_dict``
+        without the score-stage options (the method's, and ``gate_margin``), so changing one
+        of those re-runs scoring but no fit or training."""
+        out = self.to_dict()
+        out["method"] = self.method.fit_dict()
+        for key in SCORE_STAGE_KEYS:
+            out.pop(key)
         return out
 
     @property
@@ -537,7 +551,9 @@ def load_params(path: str | Path) -> Params:
 
 def spec_json(obj: Any) -> str:
     """Canonical JSON of a config (sorted keys): the string Snakemake tracks as a param."""
-    if hasattr(obj, "to_dict"):
+    if isinstance(obj, dict):
+        pass
+    elif hasattr(obj, "to_dict"):
         obj = obj.to_dict()
     elif hasattr(obj, "__dataclass_fields__"):
         obj = asdict(obj)

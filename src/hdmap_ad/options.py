@@ -5,7 +5,10 @@ A method declares its options as a frozen dataclass whose fields carry their con
 
 - ``doc``: one line for the README's method table;
 - ``enum``: allowed values;
-- ``min`` / ``max`` (inclusive), ``gt`` (exclusive minimum).
+- ``min`` / ``max`` (inclusive), ``gt`` (exclusive minimum);
+- ``stage``: ``"score"`` for an option only the score step reads (how patch distances become
+  scores, the search index ...). The fit step never sees these (:func:`fit_stage`), so changing
+  one re-runs scoring but no fit or training.
 
 :func:`build_options` turns a params mapping into that dataclass with strict types (``9.0`` is
 not an integer, ``true`` is not a number), naming the offending key; :func:`options_schema`
@@ -98,6 +101,17 @@ def build_options(cls: type, data: dict[str, Any] | None, where: str) -> Any:
     return cls(**values)
 
 
+def score_stage_fields(cls: type) -> tuple[str, ...]:
+    """Names of the options of ``cls`` that only the score step reads."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("stage") == "score")
+
+
+def fit_stage(options: Any) -> dict[str, Any]:
+    """``asdict(options)`` without the score-stage options: what a fitted model depends on."""
+    skip = set(score_stage_fields(type(options)))
+    return {k: v for k, v in dataclasses.asdict(options).items() if k not in skip}
+
+
 def _json_type(tp: Any) -> dict[str, Any]:
     base, optional = _split_optional(tp)
     if dataclasses.is_dataclass(base):
@@ -136,8 +150,13 @@ def options_table(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if dataclasses.is_dataclass(default):
-            rows += options_table(type(default), f"{prefix}{f.name}.")
+            nested = options_table(type(default), f"{prefix}{f.name}.")
+            if f.metadata.get("stage") == "score":
+                nested = [(o, d, f"{doc} (score step only: no refit)") for o, d, doc in nested]
+            rows += nested
             continue
-        rows.append((f"{prefix}{f.name}", "null" if default is None else repr(default),
-                     f.metadata.get("doc", "")))
+        doc = f.metadata.get("doc", "")
+        if f.metadata.get("stage") == "score":
+            doc = f"{doc} (score step only: no refit)" if doc else "score step only"
+        rows.append((f"{prefix}{f.name}", "null" if default is None else repr(default), doc))
     return rows

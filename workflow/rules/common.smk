@@ -143,6 +143,12 @@ def experiment_spec(wildcards):
     return spec_json(PARAMS.experiments[wildcards.experiment])
 
 
+def experiment_fit_spec(wildcards):
+    """The fit step's view of an experiment: without score-stage options (a change to one
+    re-runs scoring, never the fit or training)."""
+    return spec_json(PARAMS.experiments[wildcards.experiment].fit_dict())
+
+
 def synth_spec(wildcards):
     return spec_json(PARAMS.dataset.synthetic)
 

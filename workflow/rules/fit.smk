@@ -9,7 +9,7 @@ rule fit:
         model=directory(f"{WORK}/models/domain_{{domain}}/{{experiment}}"),
         meta=f"{WORK}/models/domain_{{domain}}/{{experiment}}.json",
     params:
-        spec=experiment_spec,
+        spec=experiment_fit_spec,
         outdates=experiment_outdates,  # renamed *.outdated before a re-run
         device=STEP_DEVICE,  # e.g. PatchCore's coreset selection
     threads: STEP_THREADS

@@ -91,20 +91,99 @@ def fit_sub_models(
     return models
 
 
-def save_models(folder: str | Path, models: dict[str, FittedModel], exp: ExperimentConfig) -> None:
-    """Write every sub-model into ``folder`` (replaced as a whole, atomically)."""
+def reference_folds(assignment: np.ndarray, n_folds: int) -> np.ndarray:
+    """Fold of each reference, stratified by sub-model: references are ranked sub-model by
+    sub-model (sorted names, original order within) and dealt round-robin, so each fold holds
+    about the same share of every sub-model and, with one reference per sub-model, the
+    references land in different folds instead of all in fold 0."""
+    order = np.concatenate([np.flatnonzero(assignment == name)
+                            for name in sorted(set(assignment))])
+    folds = np.empty(len(assignment), dtype=np.int64)
+    folds[order] = np.arange(len(order)) % n_folds
+    return folds
+
+
+def cv_folds(refs: pd.DataFrame, exp: ExperimentConfig, fit: GateFit) -> np.ndarray | None:
+    """Fold of each reference for the deployable threshold (``None``: no folds, with fewer
+    than two references or ``deploy_folds`` 0)."""
+    n = len(refs)
+    if n < 2 or exp.deploy_folds == 0:
+        return None
+    return reference_folds(assign_references(refs, exp.gate, fit), min(exp.deploy_folds, n))
+
+
+def fit_fold_models(refs: pd.DataFrame, desc: np.ndarray, exp: ExperimentConfig,
+                    fit: GateFit, device: str = "cpu") -> dict[int, dict[str, FittedModel]]:
+    """The sub-models that score each fold of references for the deployable threshold.
+
+    Fold ``f``'s sub-models are fit on the references outside ``f`` only (each on its own
+    condition's, as the experiment's); a sub-model left with too few references is skipped,
+    and then a ``mixed`` one on all references outside ``f`` is fit too (the documented
+    fallback of :func:`hdmap_ad.scoring.score.reference_cv_scores`). Fit in the fit step, so
+    that scoring never fits or trains. Empty when :func:`cv_folds` gives no folds.
+    """
+    folds = cv_folds(refs, exp, fit)
+    if folds is None:
+        return {}
+    assignment = assign_references(refs, exp.gate, fit)
+    expected = sorted(set(assignment))
+    min_refs = exp.method.method.min_references(exp.method.options)
+    out: dict[int, dict[str, FittedModel]] = {}
+    for f in range(int(folds.max()) + 1):
+        held, kept = folds == f, folds != f
+        if not held.any() or kept.sum() < min_refs:
+            continue
+        kept_assign = assignment[kept]
+        usable = [name for name in sorted(set(kept_assign))
+                  if (kept_assign == name).sum() >= min_refs]
+        keep_mask = np.isin(kept_assign, usable)
+        models = fit_sub_models(desc[kept][keep_mask], kept_assign[keep_mask], exp, device)
+        if MIXED not in models and any(name not in models for name in expected):
+            models[MIXED] = fit_sub_models(
+                desc[kept], np.full(int(kept.sum()), MIXED, dtype=object), exp, device)[MIXED]
+        out[f] = models
+    return out
+
+
+CV_DIR = "cv"
+
+
+def save_models(folder: str | Path, models: dict[str, FittedModel], exp: ExperimentConfig,
+                fold_models: dict[int, dict[str, FittedModel]] | None = None) -> None:
+    """Write every sub-model into ``folder`` and the fold sub-models into
+    ``folder/cv/fold<f>/`` (the folder replaced as a whole, atomically)."""
     with atomic_dir(folder) as tmp:
         for name, model in models.items():
             save_model(tmp, name, exp.method.method, exp.method.options, model)
+        for f, fold in (fold_models or {}).items():
+            sub = Path(tmp) / CV_DIR / f"fold{f}"
+            sub.mkdir(parents=True)
+            for name, model in fold.items():
+                save_model(sub, name, exp.method.method, exp.method.options, model)
+
+
+def load_fold_models(folder: str | Path, meta: dict[str, Any], exp: ExperimentConfig,
+                     device: str = "cpu") -> dict[int, dict[str, FittedModel]]:
+    """Read the fold sub-models named in ``meta["cv"]`` (see :func:`save_models`)."""
+    method = exp.method.method
+    out = {}
+    for f, names in sorted((meta.get("cv") or {}).get("sub_models", {}).items(),
+                           key=lambda kv: int(kv[0])):
+        ctx = FitContext(seed=exp.seed, device=device,
+                         where=f"experiments.{exp.key}.method (fold {f})")
+        sub = Path(folder) / CV_DIR / f"fold{f}"
+        out[int(f)] = {name: load_model(sub, name, method, exp.method.options, ctx)
+                       for name in names}
+    return out
 
 
 def load_models(folder: str | Path, meta: dict[str, Any], exp: ExperimentConfig,
                 device: str = "cpu") -> dict[str, FittedModel]:
     """Read the sub-models named in the model metadata ``meta`` from ``folder``."""
     method = exp.method.method
-    if meta["experiment"].get("method") != exp.method.to_dict():
+    if meta["experiment"].get("method") != exp.method.fit_dict():
         raise InputError(f"{folder}: fitted with method {meta['experiment'].get('method')}, "
-                         f"but experiments.{exp.key}.method is {exp.method.to_dict()}; "
+                         f"but experiments.{exp.key}.method is {exp.method.fit_dict()}; "
                          "re-run the fit step")
     ctx = FitContext(seed=exp.seed, device=device, where=f"experiments.{exp.key}.method")
     return {name: load_model(folder, name, method, exp.method.options, ctx)
@@ -158,7 +237,7 @@ def bank_metadata(
         name: int((assignment == name).sum()) * grid[0] * grid[1] for name in models
     }
     return {
-        "experiment": exp.to_dict(),
+        "experiment": exp.fit_dict(),
         "method": exp.method.name,
         "gate": {"mode": exp.gate, "threshold": fit.threshold, "fit": fit.method},
         "grid": list(grid),
@@ -205,7 +284,10 @@ def fit_experiment(exp: ExperimentConfig, manifest_path: str, feature_paths: lis
             "resize: bilinear for this backbone or a method that is not per-position")
     desc = DescriptorSource(feature_paths, refs.image_id.tolist(), exp.descriptor, where)()
     models, fit, assignment = build_bank(refs, desc, exp, device, progress=True)
+    fold_models = fit_fold_models(refs, desc, exp, fit, device)
     meta = bank_metadata(exp, refs, assignment, fit, models, desc.shape[1:4])
+    meta["cv"] = {"folds": exp.deploy_folds if fold_models else 0,
+                  "sub_models": {str(f): sorted(m) for f, m in fold_models.items()}}
     meta["provenance"] = prov
-    save_models(model_dir, models, exp)
+    save_models(model_dir, models, exp, fold_models)
     write_bank_metadata(meta_path, meta)

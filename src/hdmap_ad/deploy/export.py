@@ -11,6 +11,7 @@ the metrics.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -144,11 +145,15 @@ def model_record(
 
     meta = _read_json(meta_path, "model metadata")
     metrics = _read_json(metrics_path, "metrics")
-    exp = _experiment(meta["experiment"])
     deploy, scores_meta = deployable_threshold(scores_path)
-    if scores_meta.get("experiment") != meta["experiment"]:
+    if not isinstance(scores_meta.get("experiment"), dict):
+        raise InputError(f"{scores_path}: no experiment in the scores' metadata")
+    # the model metadata holds the fit step's view (no score-stage options); the scores the
+    # whole experiment, score-stage options included
+    exp = _experiment(scores_meta["experiment"])
+    if json.loads(json.dumps(exp.fit_dict())) != meta["experiment"]:
         raise InputError(f"{scores_path}: scored with another experiment than {meta_path}")
-    if metrics.get("params") != round_floats(meta["experiment"]):
+    if metrics.get("params") != round_floats(scores_meta["experiment"]):
         raise InputError(f"{metrics_path}: metrics of another experiment than {meta_path}")
     reported = metrics["thresholds"]["deployable"]
     if (reported is None) != (deploy is None) or (
@@ -169,7 +174,7 @@ def model_record(
         "name": name or Path(metrics_path).stem,
         "domain": provenance.get("domain"),
         "method": exp.method.name,
-        "experiment": meta["experiment"],
+        "experiment": scores_meta["experiment"],
         "backbone": backbone.to_dict(),
         "weights": weights,
         "preprocessing": pre,

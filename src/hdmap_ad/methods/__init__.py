@@ -19,7 +19,7 @@ from hdmap_ad.methods.image_baselines import KnnImage, MahalanobisImage
 from hdmap_ad.methods.padim import PaDiM
 from hdmap_ad.methods.patchcore import PatchCore
 from hdmap_ad.methods.spade import Spade
-from hdmap_ad.options import build_options, options_schema
+from hdmap_ad.options import build_options, fit_stage, options_schema
 
 _REGISTERED: tuple[Method, ...] = (
     PatchCore(),
@@ -67,6 +67,10 @@ class MethodConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **asdict(self.options)}
+
+    def fit_dict(self) -> dict[str, Any]:
+        """``to_dict`` without the score-stage options: what the fitted model depends on."""
+        return {"name": self.name, **fit_stage(self.options)}
 
 
 def method_schema() -> dict[str, Any]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -33,6 +33,7 @@ import numpy as np
 
 from hdmap_ad.errors import InputError
 from hdmap_ad.io import atomic_path, write_json
+from hdmap_ad.options import fit_stage
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def save_model(folder: str | Path, sub: str, method: Method, options: Any,
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
     write_json(folder / f"{sub}.json", {
-        "method": method.name, "options": asdict(options), "arrays": sorted(arrays),
+        "method": method.name, "options": fit_stage(options), "arrays": sorted(arrays),
         "description": description,
     })
 
@@ -149,9 +150,9 @@ def load_model(folder: str | Path, sub: str, method: Method, options: Any,
     if meta.get("method") != method.name:
         raise InputError(f"{meta_path}: written by method {meta.get('method')!r}, "
                          f"not {method.name!r}")
-    if meta.get("options") != asdict(options):
+    if meta.get("options") != fit_stage(options):
         raise InputError(f"{meta_path}: fitted with options {meta.get('options')}, "
-                         f"not {asdict(options)}")
+                         f"not {fit_stage(options)}")
     try:
         with np.load(npz_path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}

@@ -55,6 +55,7 @@ class DFMOptions:
         "gt": 0.0, "max": 1.0, "doc": "fraction of the references' variance the PCA keeps "
                                       "(the fewest components reaching it)"})
     score_type: str = field(default="fre", metadata={
+        "stage": "score",
         "enum": ("fre", "nll"), "doc": "image score: fre = feature reconstruction error, "
                                        "nll = Gaussian negative log-likelihood in PCA space"})
     pooling_kernel_size: int | None = field(default=4, metadata={

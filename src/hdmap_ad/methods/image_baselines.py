@@ -80,6 +80,7 @@ def broadcast(image: np.ndarray, desc: np.ndarray) -> tuple[np.ndarray, np.ndarr
 @dataclass(frozen=True)
 class KnnImageOptions:
     k: int = field(default=1, metadata={
+        "stage": "score",
         "min": 1, "doc": "nearest reference maps (pooled features) averaged; clamped to the "
                          "number of references"})
 

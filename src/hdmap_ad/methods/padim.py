@@ -67,6 +67,7 @@ class PaDiMOptions:
     eps: float = field(default=0.01, metadata={
         "gt": 0.0, "doc": "added to the covariance diagonal (anomalib: 0.01)"})
     image_score: str = field(default="max", metadata={
+        "stage": "score",
         "enum": ("max",), "doc": "image score from the patch grid: its largest patch score"})
 
 

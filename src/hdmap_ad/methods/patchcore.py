@@ -27,8 +27,9 @@ class PatchCoreOptions:
         "min": 1, "doc": "random projection width for the coreset selection when the "
                          "descriptors are wider (null: exact distances)"})
     num_neighbors: int = field(default=9, metadata={
+        "stage": "score",
         "min": 1, "doc": "anomalib's image-score reweighting neighbours (1: none)"})
-    search: SearchConfig = field(default_factory=SearchConfig)
+    search: SearchConfig = field(default_factory=SearchConfig, metadata={"stage": "score"})
 
 
 class PatchCoreModel(FittedModel):

@@ -45,11 +45,14 @@ IMAGE_SCORES = ("pooled", "patch_max")
 @dataclass(frozen=True)
 class SpadeOptions:
     image_k: int = field(default=50, metadata={
+        "stage": "score",
         "min": 1, "doc": "nearest reference maps (pooled features) retrieved per query; "
                          "clamped to the number of references (paper: K = 50)"})
     patch_k: int = field(default=1, metadata={
+        "stage": "score",
         "min": 1, "doc": "nearest gallery patches averaged per query patch (paper: kappa = 1)"})
     image_score: str = field(default="pooled", metadata={
+        "stage": "score",
         "enum": IMAGE_SCORES,
         "doc": "pooled: mean distance to the image_k nearest maps (paper) | patch_max: "
                "largest patch score"})

@@ -138,6 +138,10 @@ def metrics_step(scores_path: str, meta_path: str, manifest_path: str,
     prov = provenance(domain, manifest, feature_paths)
     scores_meta = json.loads((table.schema.metadata or {}).get(b"hdmap_ad", b"{}"))
     prov["score_threads"] = scores_meta.get("threads")
+    # the model metadata holds the fit step's view of the experiment; the scores the whole
+    # experiment (score-stage options included), which the metrics report
+    if "experiment" in scores_meta:
+        meta = {**meta, "experiment": scores_meta["experiment"]}
     test = (scores.role == "test").to_numpy()
     pixel = None
     rows = manifest.set_index("image_id").loc[scores.image_id[test]]

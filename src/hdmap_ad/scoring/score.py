@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from hdmap_ad.banks.bank import GateFit, assign_references, fit_sub_models
+from hdmap_ad.banks.bank import GateFit, cv_folds
 from hdmap_ad.banks.gate import BOTH, MIXED, gate_decisions
 from hdmap_ad.config import ExperimentConfig
 from hdmap_ad.io import write_table
@@ -85,22 +85,14 @@ def score_routed(
     return scores, patches, banks
 
 
-def _folds(assignment: np.ndarray, n_folds: int) -> np.ndarray:
-    """Fold of each reference, stratified by sub-model: references are ranked sub-model by
-    sub-model (sorted names, original order within) and dealt round-robin, so each fold holds
-    about the same share of every sub-model and, with one reference per sub-model, the
-    references land in different folds instead of all in fold 0."""
-    order = np.concatenate([np.flatnonzero(assignment == name)
-                            for name in sorted(set(assignment))])
-    folds = np.empty(len(assignment), dtype=np.int64)
-    folds[order] = np.arange(len(order)) % n_folds
-    return folds
-
-
 def reference_cv_scores(
-    refs: pd.DataFrame, ref_desc: np.ndarray, exp: ExperimentConfig, fit: GateFit
+    refs: pd.DataFrame, ref_desc: np.ndarray, exp: ExperimentConfig, fit: GateFit,
+    fold_models: dict[int, dict[str, FittedModel]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Score references with sub-models fit on the other folds (stratified by sub-model).
+
+    ``fold_models``: the fit step's fold sub-models (``hdmap_ad.banks.bank.fit_fold_models``,
+    stored with the model); ``None`` fits them here (tests and callers without a model folder).
 
     Each held-out reference is routed as a test map would be; where the routed sub-model has
     no references left in that fold, it is scored by a mixed model fit on all remaining
@@ -118,30 +110,20 @@ def reference_cv_scores(
     patches = np.zeros((n, h, w), dtype=np.float32)
     bank_used = np.empty(n, dtype=object)
     decisions = np.empty(n, dtype=object)
-    if n < 2 or exp.deploy_folds == 0:
+    folds = cv_folds(refs, exp, fit)
+    if folds is None:
         return scored, scores, patches, decisions, bank_used
-    assignment = assign_references(refs, exp.gate, fit)
-    n_folds = min(exp.deploy_folds, n)
-    folds = _folds(assignment, n_folds)
+    if fold_models is None:
+        from hdmap_ad.banks.bank import fit_fold_models
+
+        fold_models = fit_fold_models(refs, ref_desc, exp, fit)
     decisions = experiment_decisions(exp, refs, fit)
-    method = exp.method.method
-    min_refs = method.min_references(exp.method.options)
-    for f in range(n_folds):
-        held, kept = folds == f, folds != f
-        if not held.any() or kept.sum() < min_refs:
-            continue
-        kept_assign = assignment[kept]
-        usable = [name for name in sorted(set(kept_assign))
-                  if (kept_assign == name).sum() >= min_refs]
-        keep_mask = np.isin(kept_assign, usable)
-        models = fit_sub_models(ref_desc[kept][keep_mask], kept_assign[keep_mask], exp)
+    for f, models in sorted(fold_models.items()):
+        held = folds == f
         route = decisions[held].copy()
         missing = ~np.isin(route, [*models, BOTH])
         if missing.any():
-            models[MIXED] = fit_sub_models(
-                ref_desc[kept], np.full(kept.sum(), MIXED, dtype=object), exp
-            )[MIXED]
-            route[missing] = MIXED
+            route[missing] = MIXED  # a fold short of the routed sub-model: its mixed one
         held_pos = np.flatnonzero(held)
         s, ps, used = score_routed(lambda sel, hp=held_pos: ref_desc[hp[sel]], route, models)
         scores[held_pos], patches[held_pos], bank_used[held_pos] = s, ps, used
@@ -189,7 +171,7 @@ def score_experiment(exp: ExperimentConfig, manifest_path: str, feature_paths: l
                      progress: bool = True) -> None:
     """The ``score`` step: test maps through the gate and the fitted sub-models, then the
     references' held-out scores; one Parquet table with the experiment in its metadata."""
-    from hdmap_ad.banks.bank import load_models
+    from hdmap_ad.banks.bank import load_fold_models, load_models
     from hdmap_ad.banks.references import scored_rows
     from hdmap_ad.data.manifest import read_manifest
     from hdmap_ad.features.descriptors import DescriptorSource
@@ -210,7 +192,8 @@ def score_experiment(exp: ExperimentConfig, manifest_path: str, feature_paths: l
         decisions, models, progress=progress,
     )
     ref_desc = DescriptorSource(feature_paths, ref_ids, exp.descriptor, where)()
-    ok, cv_scores, cv_patches, cv_dec, cv_used = reference_cv_scores(refs, ref_desc, exp, fit)
+    ok, cv_scores, cv_patches, cv_dec, cv_used = reference_cv_scores(
+        refs, ref_desc, exp, fit, load_fold_models(model_dir, meta, exp, device))
     write_scores(
         out,
         [
