@@ -19,6 +19,12 @@ import tifffile
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
+#: Trained methods' options for tests: a few epochs of a small network (the defaults train
+#: for the benchmark's full settings). Every registered trained method needs an entry.
+QUICK_METHOD_OPTIONS: dict[str, dict] = {
+    "ae": {"epochs": 8, "hidden": 8, "latent": 8},
+}
+
 
 def project_env(project: Path) -> dict[str, str]:
     """The venv's tools, and the project copy's own code (not the editable install's)."""

@@ -18,6 +18,13 @@ import pytest
 from hdmap_ad.config import ExperimentConfig
 from hdmap_ad.errors import InputError
 from hdmap_ad.methods import METHODS, FitContext, load_model, save_model
+from hdmap_ad.methods.base import state_file
+from tests.conftest import QUICK_METHOD_OPTIONS
+
+
+def _options(method):
+    """The method's defaults, shortened for trained methods (epochs ...)."""
+    return method.Options(**QUICK_METHOD_OPTIONS.get(method.name, {}))
 
 DATA = Path(__file__).parent / "data"
 N_REF, N_TEST, H, W, D = 12, 10, 5, 7, 16
@@ -73,7 +80,7 @@ def _exp(gate: str, method: dict, **extra) -> ExperimentConfig:
 def test_contract_fit_score_save_load(name, detectable, tmp_path):
     ref, test = detectable
     method = METHODS[name]
-    opts = method.Options()
+    opts = _options(method)
     ctx = FitContext(seed=3, where="experiments.e.method")
     model = method.fit(ref, opts, ctx)
     s, ps = model.score(test)
@@ -103,15 +110,16 @@ def test_contract_fit_score_save_load(name, detectable, tmp_path):
 def test_stored_model_errors_are_named(name, arrays, tmp_path):
     ref, _, _, _ = arrays
     method = METHODS[name]
-    opts = method.Options()
+    opts = _options(method)
     ctx = FitContext(where="experiments.e.method")
     save_model(tmp_path, "mixed", method, opts, method.fit(ref, opts, ctx))
     other = next((m for m in METHODS.values() if m.name != name), None)
     if other is not None:
         with pytest.raises(InputError, match=f"written by method '{name}'"):
             load_model(tmp_path, "mixed", other, other.Options(), ctx)
-    (tmp_path / "mixed.npz").write_bytes(b"not a zip")
-    with pytest.raises(InputError, match=r"mixed.npz: cannot read"):
+    stored = state_file(tmp_path, "mixed")
+    stored.write_bytes(b"not a zip")
+    with pytest.raises(InputError, match=rf"{stored.name}: cannot read"):
         load_model(tmp_path, "mixed", method, opts, ctx)
     with pytest.raises(InputError, match=r"warm.json: sub-model description not found"):
         load_model(tmp_path, "warm", method, opts, ctx)
@@ -125,7 +133,7 @@ def test_every_gate_runs_every_method(name, gate, arrays):
     from hdmap_ad.scoring.score import experiment_decisions, reference_cv_scores, score_routed
 
     ref, test, refs, tests = arrays
-    exp = _exp(gate, {"name": name})
+    exp = _exp(gate, {"name": name, **QUICK_METHOD_OPTIONS.get(name, {})})
     models, fit, assignment = build_bank(refs, ref, exp)
     assert set(models) == ({"mixed"} if gate == "mixed" else {"cold", "warm"})
     dec = experiment_decisions(exp, tests, fit)

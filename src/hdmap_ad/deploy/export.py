@@ -30,6 +30,7 @@ from hdmap_ad.deploy.bundle import (
 )
 from hdmap_ad.errors import InputError
 from hdmap_ad.io import atomic_dir, read_json, write_json
+from hdmap_ad.methods.base import state_file
 
 #: Backbone fields whose value in the feature caches must equal the spec's.
 _CHECKED = ("model", "input_size", "resize", "patch_pool")
@@ -165,9 +166,9 @@ def model_record(
                                   str(meta_path))
     subs = sorted(meta["sub_banks"])
     for sub in subs:
-        for ext in ("npz", "json"):
-            if not (Path(model_dir) / f"{sub}.{ext}").is_file():
-                raise InputError(f"{Path(model_dir) / f'{sub}.{ext}'}: sub-model file not found")
+        for path in (Path(model_dir) / f"{sub}.json", state_file(model_dir, sub)):
+            if not path.is_file():
+                raise InputError(f"{path}: sub-model file not found")
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -242,9 +243,9 @@ def export_model(
     model = model_record(backbone, meta_path, model_dir, scores_path, metrics_path, name)
     with atomic_dir(out) as tmp:
         (tmp / SUB_MODELS).mkdir()
-        for s in model["sub_models"]:
-            for ext in ("npz", "json"):
-                shutil.copyfile(Path(model_dir) / f"{s}.{ext}", tmp / SUB_MODELS / f"{s}.{ext}")
+        for s in model["sub_models"]:  # the fold sub-models (cv/) stay behind
+            for path in (Path(model_dir) / f"{s}.json", state_file(model_dir, s)):
+                shutil.copyfile(path, tmp / SUB_MODELS / path.name)
         if manifest_path:
             ids, maps = _reference_maps(manifest_path,
                                         [r["image_id"] for r in model["references"]])

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from hdmap_ad.errors import InputError
+from hdmap_ad.methods.ae import AE
 from hdmap_ad.methods.base import FitContext, FittedModel, Method, load_model, save_model
 from hdmap_ad.methods.dfm import DFM
 from hdmap_ad.methods.image_baselines import KnnImage, MahalanobisImage
@@ -28,6 +29,7 @@ _REGISTERED: tuple[Method, ...] = (
     Spade(),
     KnnImage(),
     MahalanobisImage(),
+    AE(),
 )
 
 METHODS: dict[str, Method] = {m.name: m for m in _REGISTERED}

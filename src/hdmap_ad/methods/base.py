@@ -17,8 +17,9 @@ Contract:
     ``Method.from_state(arrays, description, options, ctx)`` rebuilds the model.
 
 Storage (:func:`save_model` / :func:`load_model`): one file set per sub-model in the model
-folder: ``<sub>.npz`` (arrays, no pickle) and ``<sub>.json`` (method, options, description),
-each written atomically.
+folder: ``<sub>.npz`` (numpy arrays, no pickle) or, for trained methods whose state is a torch
+state dict, ``<sub>.pt`` (``torch.save``, read back with ``weights_only=True``), and
+``<sub>.json`` (method, fit-stage options, description), each written atomically.
 """
 
 from __future__ import annotations
@@ -121,18 +122,56 @@ def check_descriptors(desc: np.ndarray, where: str) -> np.ndarray:
     return desc
 
 
+#: File extensions of a sub-model's state: numpy arrays or a torch checkpoint.
+STATE_FORMATS = ("npz", "pt")
+
+
+def _is_torch(arrays: dict[str, Any]) -> bool:
+    return any(type(v).__module__.startswith("torch") for v in arrays.values())
+
+
+def state_file(folder: str | Path, sub: str) -> Path:
+    """The state file of sub-model ``sub`` in ``folder`` (``.npz`` or ``.pt``; ``.npz`` when
+    neither exists)."""
+    folder = Path(folder)
+    for ext in STATE_FORMATS:
+        if (folder / f"{sub}.{ext}").is_file():
+            return folder / f"{sub}.{ext}"
+    return folder / f"{sub}.npz"
+
+
 def save_model(folder: str | Path, sub: str, method: Method, options: Any,
                model: FittedModel) -> None:
-    """Write one sub-model as ``<folder>/<sub>.npz`` + ``<sub>.json`` (each atomically)."""
+    """Write one sub-model as ``<folder>/<sub>.npz`` (or ``.pt`` for a torch state dict) +
+    ``<sub>.json`` (each atomically)."""
     folder = Path(folder)
     arrays, description = model.state()
-    with atomic_path(folder / f"{sub}.npz") as tmp:
+    fmt = "pt" if _is_torch(arrays) else "npz"
+    with atomic_path(folder / f"{sub}.{fmt}") as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            if fmt == "pt":
+                import torch
+
+                torch.save(dict(sorted(arrays.items())), fh)
+            else:
+                np.savez(fh, **arrays)
     write_json(folder / f"{sub}.json", {
         "method": method.name, "options": fit_stage(options), "arrays": sorted(arrays),
-        "description": description,
+        "format": fmt, "description": description,
     })
+
+
+def _read_state(path: Path, fmt: str) -> dict[str, Any]:
+    """The arrays (``npz``) or tensors (``pt``, ``weights_only=True``) of a state file."""
+    if fmt == "pt":
+        import torch
+
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(obj, dict):
+            raise ValueError(f"holds a {type(obj).__name__}, not a state dict")
+        return dict(obj)
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
 
 
 def load_model(folder: str | Path, sub: str, method: Method, options: Any,
@@ -140,7 +179,7 @@ def load_model(folder: str | Path, sub: str, method: Method, options: Any,
     """Read a sub-model written by :func:`save_model`; a missing, corrupt or mismatched file
     is an ``InputError`` naming it."""
     folder = Path(folder)
-    meta_path, npz_path = folder / f"{sub}.json", folder / f"{sub}.npz"
+    meta_path = folder / f"{sub}.json"
     try:
         meta = json.loads(meta_path.read_text())
     except FileNotFoundError:
@@ -153,13 +192,18 @@ def load_model(folder: str | Path, sub: str, method: Method, options: Any,
     if meta.get("options") != fit_stage(options):
         raise InputError(f"{meta_path}: fitted with options {meta.get('options')}, "
                          f"not {fit_stage(options)}")
+    fmt = meta.get("format", "npz")
+    if fmt not in STATE_FORMATS:
+        raise InputError(f"{meta_path}: unknown state format {fmt!r}")
+    npz_path = folder / f"{sub}.{fmt}"
     try:
-        with np.load(npz_path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        arrays = _read_state(npz_path, fmt)
     except FileNotFoundError:
-        raise InputError(f"{npz_path}: sub-model arrays not found") from None
-    except Exception as exc:  # zipfile / numpy format errors
-        raise InputError(f"{npz_path}: cannot read sub-model arrays ({exc})") from None
+        raise InputError(f"{npz_path}: sub-model state not found") from None
+    except Exception as exc:  # zipfile / numpy / torch unpickling errors
+        raise InputError(f"{npz_path}: cannot read sub-model state "
+                         f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                         ) from None
     if sorted(arrays) != meta.get("arrays"):
         raise InputError(f"{npz_path}: holds arrays {sorted(arrays)}, "
                          f"expected {meta.get('arrays')}")

@@ -1,0 +1,182 @@
+"""A convolutional autoencoder (AE) trained on a sub-model's references; the anomaly score is
+the reconstruction error.
+
+Input is the experiment's descriptor grid ``(N, H, W, D)`` seen as a ``D``-channel image:
+with the ``raw`` backbone that is the map itself (one channel: the classic image AE), with a
+CNN backbone it reconstructs the cached features (a feature-reconstruction AE). Channels are
+standardised with the references' per-channel mean and standard deviation (stored with the
+weights).
+
+Architecture: ``depth`` stride-2 conv blocks (conv 3x3, batch norm, ReLU) from ``hidden``
+channels doubling per block, a 1x1 bottleneck of ``latent`` channels, and the mirror image
+with bilinear upsampling back to exactly ``H x W`` (no padding rules on odd sizes such as
+31 x 95). Trained with the mean squared error (``hdmap_ad.methods.training``: Adam, held-out
+reference fold, early stopping).
+
+Scores: patch score = the per-position reconstruction error over channels (``score: l2``,
+the squared error's channel mean; ``ssim``: 1 - local SSIM over a 3x3 window, channel mean),
+optionally averaged along each row over ``row_window`` positions (the HDMAP fault prior: a
+fault is a thin horizontal band, so row-wise averaging favours bands over speckle; off by
+default). Image score = the largest patch score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hdmap_ad.methods.base import FitContext, FittedModel, Method, check_descriptors
+from hdmap_ad.methods.training import (
+    TrainOptions,
+    load_state,
+    score_batches,
+    seeded,
+    to_tensor,
+    train,
+)
+
+SCORES = ("l2", "ssim")
+
+
+@dataclass(frozen=True)
+class AEOptions(TrainOptions):
+    hidden: int = field(default=32, metadata={
+        "min": 1, "doc": "channels of the first conv block (doubling per block)"})
+    depth: int = field(default=2, metadata={
+        "min": 1, "max": 4, "doc": "stride-2 conv blocks in the encoder (and decoder)"})
+    latent: int = field(default=16, metadata={
+        "min": 1, "doc": "channels of the 1x1 bottleneck"})
+    score: str = field(default="l2", metadata={
+        "stage": "score", "enum": SCORES,
+        "doc": "patch score: l2 = squared error | ssim = 1 - local SSIM (3x3)"})
+    row_window: int = field(default=1, metadata={
+        "stage": "score", "min": 1,
+        "doc": "average patch scores along each row over this many positions (HDMAP fault "
+               "prior: horizontal bands; 1 = off)"})
+
+
+def build_autoencoder(channels: int, options: AEOptions) -> Any:
+    """The AE module for ``channels`` input channels (see the module docstring)."""
+    import torch
+    from torch import nn
+
+    class Autoencoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            widths = [options.hidden * 2**i for i in range(options.depth)]
+            enc, c = [], channels
+            for w in widths:
+                enc += [nn.Conv2d(c, w, 3, stride=2, padding=1), nn.BatchNorm2d(w),
+                        nn.ReLU(inplace=True)]
+                c = w
+            self.encoder = nn.Sequential(*enc, nn.Conv2d(c, options.latent, 1))
+            self.ups = nn.ModuleList()
+            c = options.latent
+            for w in reversed(widths):
+                self.ups.append(nn.Sequential(nn.Conv2d(c, w, 3, padding=1),
+                                              nn.BatchNorm2d(w), nn.ReLU(inplace=True)))
+                c = w
+            self.head = nn.Conv2d(c, channels, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            size = x.shape[-2:]
+            sizes = []
+            for layer in self.encoder:
+                if isinstance(layer, nn.Conv2d) and layer.stride == (2, 2):
+                    sizes.append(x.shape[-2:])
+                x = layer(x)
+            for up, s in zip(self.ups, reversed(sizes), strict=True):
+                x = up(nn.functional.interpolate(x, size=s, mode="bilinear",
+                                                 align_corners=False))
+            return nn.functional.interpolate(self.head(x), size=size, mode="bilinear",
+                                             align_corners=False)
+
+    return Autoencoder()
+
+
+def local_ssim(x: Any, y: Any) -> Any:
+    """``1 - SSIM`` per position over a 3x3 window, channel mean: ``(B, C, H, W)`` x2 ->
+    ``(B, H, W)`` (constants of Wang et al. 2004 for a data range of 1)."""
+    from torch.nn import functional as F  # noqa: N812
+
+    c1, c2 = 0.01**2, 0.03**2
+    pool = lambda t: F.avg_pool2d(t, 3, stride=1, padding=1, count_include_pad=False)  # noqa: E731
+    mx, my = pool(x), pool(y)
+    vx, vy = pool(x * x) - mx * mx, pool(y * y) - my * my
+    cxy = pool(x * y) - mx * my
+    ssim = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return (1.0 - ssim).mean(dim=1)
+
+
+def row_average(patch: Any, window: int) -> Any:
+    """Average ``(B, H, W)`` scores along W over ``window`` positions (same size)."""
+    if window <= 1:
+        return patch
+    from torch.nn import functional as F  # noqa: N812
+
+    return F.avg_pool2d(patch[:, None], (1, window), stride=1,
+                        padding=(0, window // 2), count_include_pad=False)[:, 0, :, :patch.shape[-1]]
+
+
+class AEModel(FittedModel):
+    """A trained autoencoder with the references' channel statistics."""
+
+    def __init__(self, module: Any, mean: Any, std: Any, options: AEOptions,
+                 history: dict[str, Any]) -> None:
+        self.module = module
+        self.mean, self.std = mean, std  # (1, D, 1, 1) tensors
+        self.options = options
+        self.history = history
+
+    def _scores(self, x: Any) -> tuple[Any, Any]:
+        x = (x - self.mean) / self.std
+        rec = self.module(x)
+        if self.options.score == "ssim":
+            patch = local_ssim(x, rec)
+        else:
+            patch = ((x - rec) ** 2).mean(dim=1)
+        patch = row_average(patch, self.options.row_window)
+        return patch.flatten(1).amax(dim=1), patch
+
+    def score(self, desc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return score_batches(self._scores, np.asarray(desc, dtype=np.float32))
+
+    def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        state = {f"module.{k}": v for k, v in self.module.state_dict().items()}
+        state["norm.mean"], state["norm.std"] = self.mean, self.std
+        return state, {"channels": int(self.mean.shape[1]), "training": self.history}
+
+    def counts(self) -> dict[str, int]:
+        return {"epochs_run": int(self.history.get("epochs_run", 0))}
+
+
+class AE(Method):
+    name = "ae"
+    Options = AEOptions
+    summary = ("convolutional autoencoder trained on the references; patch score = "
+               "reconstruction error (raw maps with the `raw` backbone, else features)")
+
+    def min_references(self, options: AEOptions) -> int:
+        return 1
+
+    def fit(self, desc: np.ndarray, options: AEOptions, ctx: FitContext) -> AEModel:
+        desc = check_descriptors(desc, ctx.where)
+        x = to_tensor(desc)
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        std = x.std(dim=(0, 2, 3), keepdim=True, unbiased=False).clamp_min(1e-6)
+        with seeded(ctx.seed):
+            module = build_autoencoder(desc.shape[-1], options)
+            result = train(module, lambda m, b: ((m(b) - b) ** 2).mean(), (x - mean) / std,
+                           options, ctx.seed, progress=ctx.progress, desc=f"{self.name} train",
+                           where=ctx.where)
+        return AEModel(module, mean, std, options, result.history)
+
+    def from_state(self, arrays: dict[str, Any], description: dict[str, Any],
+                   options: AEOptions, ctx: FitContext) -> AEModel:
+        module = build_autoencoder(int(description["channels"]), options)
+        load_state(module, {k[len("module."):]: v for k, v in arrays.items()
+                            if k.startswith("module.")}, ctx.where)
+        return AEModel(module, arrays["norm.mean"], arrays["norm.std"], options,
+                       description.get("training", {}))

@@ -1,0 +1,220 @@
+"""What every method that *learns* shares: options, the held-out validation fold, a
+deterministic training loop with early stopping, progress, and the checkpoint description.
+
+A trained method's options dataclass inherits :class:`TrainOptions` (so ``epochs``, ``lr``
+... sit flat in its params block beside its own options). Its ``fit`` builds a
+``torch.nn.Module`` under :func:`seeded` and calls :func:`train` with a loss function; the
+fitted model's ``state()`` returns the module's state dict (tensors), which
+:func:`hdmap_ad.methods.base.save_model` writes with ``torch.save`` as ``<sub>.pt`` and loads
+with ``weights_only=True``.
+
+Validation never sees a test map: a seeded share of the sub-model's *own references*
+(``val_fraction``) is held out of training; the epoch with the lowest validation loss is the
+one kept, and training stops after ``patience`` epochs without improvement. With a single
+reference (or ``val_fraction: 0``) nothing can be held out: every epoch trains and the last
+is kept (the JSON says so).
+
+CPU training is deterministic: initialisation and every shuffle come from the experiment
+seed, and torch runs with ``use_deterministic_algorithms``; the thread count (which can change
+float summation order) is recorded with the scores.
+
+torch is imported inside functions: parsing params must not need it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hdmap_ad.errors import InputError
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Options of every trained method (inherited by its options dataclass)."""
+
+    epochs: int = field(default=50, metadata={
+        "min": 1, "doc": "training epochs at most (early stopping may end sooner)"})
+    batch_size: int = field(default=8, metadata={
+        "min": 1, "doc": "maps per optimisation step"})
+    lr: float = field(default=1e-3, metadata={"gt": 0.0, "doc": "Adam learning rate"})
+    weight_decay: float = field(default=1e-5, metadata={
+        "min": 0.0, "doc": "Adam weight decay"})
+    val_fraction: float = field(default=0.2, metadata={
+        "min": 0.0, "max": 0.5, "doc": "share of the sub-model's references held out for "
+                                       "validation / early stopping (never test maps)"})
+    patience: int = field(default=10, metadata={
+        "min": 1, "doc": "epochs without a better validation loss before stopping"})
+
+
+TRAIN_FIELDS = tuple(f for f in TrainOptions.__dataclass_fields__)
+
+
+def split_references(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded ``(train, val)`` positions of ``n`` references: ``round(val_fraction * n)``
+    held out (at least 1 when ``val_fraction > 0`` and ``n >= 2``; never all)."""
+    n_val = 0
+    if val_fraction > 0 and n >= 2:
+        n_val = min(n - 1, max(1, int(round(val_fraction * n))))
+    order = np.random.default_rng([seed, 7001]).permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Deterministic torch for the block: ``manual_seed(seed)`` and deterministic algorithms
+    (restored afterwards)."""
+    import torch
+
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was)
+
+
+def to_tensor(desc: np.ndarray) -> Any:
+    """``(N, H, W, D)`` float32 descriptors -> ``(N, D, H, W)`` torch tensor (channels first)."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(desc, -1, 1), dtype=np.float32))
+
+
+@dataclass
+class TrainResult:
+    """The kept (best) weights and what happened."""
+
+    state: dict[str, Any]
+    history: dict[str, Any]
+
+
+def _mean_loss(module: Any, loss_fn: Callable[[Any, Any], Any], x: Any,
+               batch_size: int) -> float:
+    import torch
+
+    module.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            batch = x[start : start + batch_size]
+            total += float(loss_fn(module, batch)) * len(batch)
+            count += len(batch)
+    return total / max(count, 1)
+
+
+def train(module: Any, loss_fn: Callable[[Any, Any], Any], data: Any, options: TrainOptions,
+          seed: int, progress: bool = False, desc: str = "train",
+          where: str = "method") -> TrainResult:
+    """Train ``module`` on ``data`` (``(N, ...)`` tensor of one sub-model's references).
+
+    ``loss_fn(module, batch) -> scalar tensor`` (mean over the batch). Adam on
+    ``options.lr``/``weight_decay``; each epoch visits the training references in a seeded
+    order. The module is left holding the kept weights (the best validation epoch, or the
+    last without validation).
+
+    Returns:
+        the kept state dict (a deep copy) and a JSON-ready history: ``epochs_run``,
+        ``best_epoch``, ``best_val_loss``, ``final_val_loss``, ``final_train_loss``,
+        ``n_train``, ``n_val``, ``stopped_early``, ``seconds``.
+    """
+    import torch
+    from tqdm import tqdm
+
+    n = len(data)
+    tr, va = split_references(n, options.val_fraction, seed)
+    x_tr, x_va = data[torch.from_numpy(tr)], data[torch.from_numpy(va)]
+    opt = torch.optim.Adam(module.parameters(), lr=options.lr,
+                           weight_decay=options.weight_decay)
+    best_state = copy.deepcopy(module.state_dict())
+    best_val, best_epoch, val_loss, train_loss = math.inf, 0, None, math.nan
+    since_best, epoch = 0, 0
+    t0 = time.perf_counter()
+    bar = tqdm(total=options.epochs, unit="epoch", desc=desc, disable=not progress,
+               mininterval=2.0)
+    for epoch in range(1, options.epochs + 1):
+        module.train()
+        order = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(len(x_tr)))
+        total = 0.0
+        for start in range(0, len(order), options.batch_size):
+            batch = x_tr[order[start : start + options.batch_size]]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(module, batch)
+            if not torch.isfinite(loss):
+                raise InputError(f"{where}: training diverged (loss {float(loss)} at epoch "
+                                 f"{epoch}); lower lr")
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(batch)
+        train_loss = total / len(x_tr)
+        if len(x_va):
+            val_loss = _mean_loss(module, loss_fn, x_va, options.batch_size)
+            if val_loss < best_val:
+                best_val, best_epoch, since_best = val_loss, epoch, 0
+                best_state = copy.deepcopy(module.state_dict())
+            else:
+                since_best += 1
+        rate = epoch * len(x_tr) / max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix(loss=f"{train_loss:.4g}",
+                        val="-" if val_loss is None else f"{val_loss:.4g}",
+                        maps_s=f"{rate:.0f}", refresh=False)
+        bar.update(1)
+        if len(x_va) and since_best >= options.patience:
+            break
+    bar.close()
+    if not len(x_va):
+        best_state, best_epoch = copy.deepcopy(module.state_dict()), epoch
+    module.load_state_dict(best_state)
+    module.eval()
+    return TrainResult(best_state, {
+        "epochs_run": epoch,
+        "best_epoch": best_epoch,
+        "best_val_loss": None if not len(x_va) else best_val,
+        "final_val_loss": val_loss,
+        "final_train_loss": train_loss,
+        "n_train": int(len(x_tr)),
+        "n_val": int(len(x_va)),
+        "validation": "held-out references" if len(x_va) else
+                      "none (one reference or val_fraction 0): the last epoch is kept",
+        "stopped_early": bool(len(x_va) and epoch < options.epochs),
+        "seconds": round(time.perf_counter() - t0, 3),
+    })
+
+
+def load_state(module: Any, state: dict[str, Any], where: str) -> None:
+    """``module.load_state_dict(state)`` strictly; a mismatch is an ``InputError`` naming
+    ``where`` (a checkpoint of another architecture or options)."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0:3]
+        raise InputError(f"{where}: checkpoint does not fit the model "
+                         f"({' '.join(first)})") from None
+    module.eval()
+
+
+def score_batches(fn: Callable[[Any], tuple[Any, Any]], desc: np.ndarray,
+                  batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``fn(tensor (b, D, H, W)) -> (image (b,), patch (b, H', W'))`` under ``no_grad``
+    over ``desc`` ``(B, H, W, D)`` in chunks of ``batch`` maps; float32 numpy.
+
+    A trained model scores each map on its own (eval mode: no batch statistics); chunks only
+    bound memory."""
+    import torch
+
+    images, patches = [], []
+    with torch.no_grad():
+        for start in range(0, len(desc), batch):
+            im, pa = fn(to_tensor(desc[start : start + batch]))
+            images.append(im.float().numpy())
+            patches.append(pa.float().numpy())
+    return (np.concatenate(images).astype(np.float32),
+            np.concatenate(patches).astype(np.float32))
