@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 CORES ?= all
 
-.PHONY: install demo test lint readme-methods clean-work bench bench-anomalib bench-methods bench-coreset bench-memory bench-search bench-cache
+.PHONY: install demo test lint readme-methods clean-work bench bench-anomalib bench-methods bench-coreset bench-memory bench-search bench-cache bench-scale
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,10 +56,15 @@ bench-search: install
 bench-cache: install
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks/caching.py
 
+# The user's full-size study, step by step (about 70 min on 2 idle cores; --quick: 1 min).
+bench-scale: install
+	$(BIN)/python benchmarks/scale.py
+
 # -k: a benchmark that misses its target (exit 1) still leaves the others to run; make
 # then exits non-zero.
 bench:
-	$(MAKE) -k bench-anomalib bench-methods bench-coreset bench-memory bench-search bench-cache
+	$(MAKE) -k bench-anomalib bench-methods bench-coreset bench-memory bench-search bench-cache \
+	  bench-scale
 
 # The README's method table, regenerated from the method registry.
 readme-methods: install

@@ -6,6 +6,7 @@ Timings are printed by the scripts, never asserted here; these tests keep the ha
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -81,3 +82,40 @@ def test_vs_anomalib_reuses_only_a_matching_anomalib_run_and_tables_it():
                                "datasets": {"toy": entry}})
     assert "| coreset | 2.0 | 50.0 | 25.0x | 100 | 300 |" in md
     assert "AUROC: ours 0.9000, anomalib 0.9020" in md
+
+
+def test_scale_quick_tables_every_step_of_the_study(tmp_path):
+    # tiny sizes: the children's own interpreters dwarf the descriptors, so the bank step's
+    # RSS target (< 3x its input) can be missed here and the script exit 1; the figures are
+    # checked, not the verdict. One BLAS thread: tiny ops on a busy machine stall otherwise.
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "scale.py"), "--quick", "--sizes", "3000",
+         "6000", "--ratios", "0.1", "--input-size", "28", "--extract-maps", "2",
+         "--metric-maps", "40", "--target-n", "2000", "--target-dim", "16",
+         "--out-dir", str(tmp_path)],
+        capture_output=True, text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode in (0, 1), proc.stdout[-2000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "scale.json").read_text())
+    est = result["estimate"]
+    assert [(s["step"], s["ratio"]) for s in est["steps"]] == [
+        ("extraction", None), ("bank", 0.1), ("scoring", 0.1), ("metrics", None)]
+    for s in est["steps"]:
+        assert s["cpu_s"] > 0 and s["gpu_s"] > 0 and s["peak_rss_bytes"] > 0, s
+        assert s["study_cpu_s"] == 4 * s["cpu_s"]
+    assert set(est["totals"]) == set(est["reference_cv"]) == {"0.1"}
+    assert est["patches_per_map"] == 4 and est["train_patches"] == 4000
+    ext = result["extraction"]
+    assert ext["grid"] == [2, 2] and ext["dim"] == 768 and ext["maps"] == 2
+    tokens, width = 5, 384  # 2 x 2 patches + CLS; ViT-S: 12 blocks, MLP 4x
+    vit = 12 * (24 * tokens * width**2 + 4 * tokens**2 * width) + 2 * 4 * 3 * 14 * 14 * width
+    assert abs(ext["flops_per_map"] - vit) < 1e-6 * vit
+    assert result["scoring"]["0.1"]["bank_rows"] == 400 and result["metrics"]["maps"] == 40
+    rows = result["bank"] + [result["target_row"]]
+    assert [(r["n"], r["dim"]) for r in rows] == [(3000, 768), (6000, 768), (2000, 16)]
+    for r in rows:
+        assert r["picks"] == r["n"] // 10 and 0 < r["passes_per_pick"] <= 1
+        assert r["rss_ok"] == (r["peak_rss_bytes"] / r["input_bytes"] < 3.0)
+    assert result["target_row"]["time_ok"] is True
+    assert proc.returncode == (0 if all(result["targets"].values()) else 1)
+    md = (tmp_path / "scale.md").read_text()
+    assert "| **study total** | 10% |" in md and "(estimate)" in md and "random init" in md

@@ -120,9 +120,10 @@ def build_metrics(
 
 
 def metrics_step(scores_path: str, meta_path: str, manifest_path: str,
-                 feature_paths: list[str], domain: str, out: str) -> None:
+                 feature_paths: list[str], domain: str, out: str, progress: bool = True) -> None:
     """The ``metrics`` step: image metrics, pixel metrics where masks exist and the method
-    localizes, gate summary and provenance, written as one JSON."""
+    localizes, gate summary and provenance, written as one JSON. ``progress``: the pixel
+    metrics' bars (maps/s) on stderr."""
     import pyarrow.parquet as pq
 
     from hdmap_ad.data.manifest import read_manifest
@@ -156,6 +157,6 @@ def metrics_step(scores_path: str, meta_path: str, manifest_path: str,
         pixel = masked_pixel_metrics(
             table.column("patch_scores").combine_chunks().to_numpy_ndarray()[test],
             rows.mask_path.tolist(), (scores.label[test] == "good").to_numpy(), shape,
-            own_shapes=sizes if mixed else None,
+            own_shapes=sizes if mixed else None, progress=progress,
         )
     write_json(out, build_metrics(scores, meta, prov, pixel))
