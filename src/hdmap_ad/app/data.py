@@ -348,7 +348,8 @@ class Inspector:
         self.grid = (int(self.meta["grid"][0]), int(self.meta["grid"][1]))
         first = self.meta["provenance"]["features"][self.experiment.layers[0]]
         self.map_shape = tuple(first["map_shape"])
-        self.input_size, self.resize = int(first["input_size"]), str(first["resize"])
+        size = first.get("input_size")  # None: the map's own size (the raw backbone)
+        self.input_size, self.resize = (None if size is None else int(size)), str(first["resize"])
         self._bundle = None
         self._models = None
         self._predictor = None

@@ -87,7 +87,9 @@ def fit_sub_models(
         pos = np.flatnonzero(assignment == name)
         ctx = FitContext(seed=exp.seed, device=device, where=f"experiments.{exp.key}.method",
                          ref_ids=tuple(str(i) for i in pos), progress=progress)
-        models[name] = method.fit(desc[pos], exp.method.options, ctx)
+        # contiguous references (ungated: all of them) as a view, not a copy of the input
+        own = desc[pos[0] : pos[-1] + 1] if pos[-1] - pos[0] + 1 == len(pos) else desc[pos]
+        models[name] = method.fit(own, exp.method.options, ctx)
     return models
 
 
@@ -113,7 +115,8 @@ def cv_folds(refs: pd.DataFrame, exp: ExperimentConfig, fit: GateFit) -> np.ndar
 
 
 def fit_fold_models(refs: pd.DataFrame, desc: np.ndarray, exp: ExperimentConfig,
-                    fit: GateFit, device: str = "cpu") -> dict[int, dict[str, FittedModel]]:
+                    fit: GateFit, device: str = "cpu",
+                    progress: bool = False) -> dict[int, dict[str, FittedModel]]:
     """The sub-models that score each fold of references for the deployable threshold.
 
     Fold ``f``'s sub-models are fit on the references outside ``f`` only (each on its own
@@ -121,7 +124,10 @@ def fit_fold_models(refs: pd.DataFrame, desc: np.ndarray, exp: ExperimentConfig,
     and then a ``mixed`` one on all references outside ``f`` is fit too (the documented
     fallback of :func:`hdmap_ad.scoring.score.reference_cv_scores`). Fit in the fit step, so
     that scoring never fits or trains. Empty when :func:`cv_folds` gives no folds.
+    ``progress``: a bar over the folds on stderr (the fit step's log).
     """
+    from tqdm import tqdm
+
     folds = cv_folds(refs, exp, fit)
     if folds is None:
         return {}
@@ -129,7 +135,8 @@ def fit_fold_models(refs: pd.DataFrame, desc: np.ndarray, exp: ExperimentConfig,
     expected = sorted(set(assignment))
     min_refs = exp.method.method.min_references(exp.method.options)
     out: dict[int, dict[str, FittedModel]] = {}
-    for f in range(int(folds.max()) + 1):
+    for f in tqdm(range(int(folds.max()) + 1), desc="reference folds", unit="fold",
+                  disable=not progress, mininterval=2.0):
         held, kept = folds == f, folds != f
         if not held.any() or kept.sum() < min_refs:
             continue
@@ -284,7 +291,7 @@ def fit_experiment(exp: ExperimentConfig, manifest_path: str, feature_paths: lis
             "resize: bilinear for this backbone or a method that is not per-position")
     desc = DescriptorSource(feature_paths, refs.image_id.tolist(), exp.descriptor, where)()
     models, fit, assignment = build_bank(refs, desc, exp, device, progress=True)
-    fold_models = fit_fold_models(refs, desc, exp, fit, device)
+    fold_models = fit_fold_models(refs, desc, exp, fit, device, progress=True)
     meta = bank_metadata(exp, refs, assignment, fit, models, desc.shape[1:4])
     meta["cv"] = {"folds": exp.deploy_folds if fold_models else 0,
                   "sub_models": {str(f): sorted(m) for f, m in fold_models.items()}}

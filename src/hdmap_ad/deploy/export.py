@@ -205,8 +205,9 @@ def model_record(
                 "model_meta_sha256": file_sha256(Path(meta_path)),
                 "scores_sha256": file_sha256(Path(scores_path)),
                 "metrics_sha256": file_sha256(Path(metrics_path)),
-                "sub_models_sha256": {f"{s}.{ext}": file_sha256(Path(model_dir) / f"{s}.{ext}")
-                                      for s in subs for ext in ("npz", "json")},
+                "sub_models_sha256": {p.name: file_sha256(p) for s in subs
+                                      for p in (state_file(model_dir, s),
+                                                Path(model_dir) / f"{s}.json")},
             },
         },
     }

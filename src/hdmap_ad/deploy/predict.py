@@ -299,8 +299,9 @@ def _locate(pred: Prediction, bundle: ModelBundle) -> None:
     assert pred.patch_scores is not None
     pred.worst_patch = worst_patch(pred.patch_scores)
     pre = bundle.meta["preprocessing"]
+    size = pre["input_size"]  # None with resize 'none' (the map's own size, e.g. raw)
     pred.worst_pixel = patch_center(*pred.worst_patch, bundle.grid, bundle.map_shape,
-                                    int(pre["input_size"]), str(pre["resize"]))
+                                    None if size is None else int(size), str(pre["resize"]))
 
 
 def _write_map(out_dir: Path, name: str, img: np.ndarray, patch_scores: np.ndarray,

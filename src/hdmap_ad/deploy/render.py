@@ -12,30 +12,44 @@ import io
 import numpy as np
 
 
+def _input_extent(map_shape: tuple[int, ...], input_size: int | None,
+                  resize: str) -> tuple[int, int]:
+    """``(height, width)`` of the backbone's input: ``input_size`` squared, or the map's own
+    with ``resize: none`` (``input_size`` None)."""
+    if resize == "none":
+        return int(map_shape[0]), int(map_shape[1])
+    assert input_size is not None
+    return int(input_size), int(input_size)
+
+
 def _input_to_map(ys: np.ndarray, xs: np.ndarray, map_shape: tuple[int, ...],
-                  input_size: int, resize: str) -> tuple[np.ndarray, np.ndarray]:
+                  input_size: int | None, resize: str) -> tuple[np.ndarray, np.ndarray]:
     """Backbone-input pixel coordinates -> map pixel coordinates (continuous).
 
     The backbone sees the map resized to ``input_size`` squared: stretched (``nearest``,
     ``bilinear``) or scaled with its aspect kept and zero-padded to a centred square
-    (``aspect-pad``).
+    (``aspect-pad``); or the map itself (``none``).
     """
     h, w = int(map_shape[0]), int(map_shape[1])
     if resize == "aspect-pad":
+        assert input_size is not None
         scale = input_size / max(h, w)
         new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
         top, left = (input_size - new_h) // 2, (input_size - new_w) // 2
         return (ys - top) * h / new_h, (xs - left) * w / new_w
-    return ys * h / input_size, xs * w / input_size
+    ih, iw = _input_extent(map_shape, input_size, resize)
+    return ys * h / ih, xs * w / iw
 
 
 def patch_center(row: int, col: int, grid: tuple[int, int], map_shape: tuple[int, ...],
-                 input_size: int, resize: str) -> tuple[int, int]:
+                 input_size: int | None, resize: str) -> tuple[int, int]:
     """Pixel ``(y, x)`` of the map under the centre of patch ``(row, col)``: each patch of
-    the ``(gh, gw)`` grid covers an equal share of the backbone's input."""
+    the ``(gh, gw)`` grid covers an equal share of the backbone's input (``input_size`` None
+    with ``resize: none``: the map itself)."""
     gh, gw = grid
-    y, x = _input_to_map(np.array([(row + 0.5) * input_size / gh]),
-                         np.array([(col + 0.5) * input_size / gw]), map_shape, input_size,
+    ih, iw = _input_extent(map_shape, input_size, resize)
+    y, x = _input_to_map(np.array([(row + 0.5) * ih / gh]),
+                         np.array([(col + 0.5) * iw / gw]), map_shape, input_size,
                          resize)
     h, w = int(map_shape[0]), int(map_shape[1])
     return int(np.clip(np.floor(y[0]), 0, h - 1)), int(np.clip(np.floor(x[0]), 0, w - 1))
@@ -94,13 +108,14 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 
 
 def patch_box(row: int, col: int, grid: tuple[int, int], map_shape: tuple[int, ...],
-              input_size: int, resize: str) -> tuple[int, int, int, int]:
+              input_size: int | None, resize: str) -> tuple[int, int, int, int]:
     """Map pixels ``(y0, x0, y1, x1)`` (ends exclusive) under patch ``(row, col)`` of the grid
     (see :func:`patch_center` for the geometry)."""
     h, w = int(map_shape[0]), int(map_shape[1])
     gh, gw = grid
-    ys, xs = _input_to_map(np.array([row, row + 1]) * input_size / gh,
-                           np.array([col, col + 1]) * input_size / gw, map_shape, input_size,
+    ih, iw = _input_extent(map_shape, input_size, resize)
+    ys, xs = _input_to_map(np.array([row, row + 1]) * ih / gh,
+                           np.array([col, col + 1]) * iw / gw, map_shape, input_size,
                            resize)
     y0, y1 = int(np.clip(np.floor(ys[0]), 0, h - 1)), int(np.clip(np.ceil(ys[1]), 1, h))
     x0, x1 = int(np.clip(np.floor(xs[0]), 0, w - 1)), int(np.clip(np.ceil(xs[1]), 1, w))

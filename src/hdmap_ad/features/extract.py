@@ -215,9 +215,23 @@ def read_batch(
     return maps, expected
 
 
+def check_own_size(maps: Sequence[np.ndarray], chunk: Sequence[tuple[str, str]],
+                   expected: tuple[tuple[int, ...], str]) -> None:
+    """With ``resize: none`` each map keeps its own size, and one cache holds one patch grid:
+    refuse a map whose ``H x W`` differs from the first map's, naming both."""
+    shape, first = expected
+    for m, (_, path) in zip(maps, chunk, strict=True):
+        if m.shape[:2] != shape[:2]:
+            raise InputError(
+                f"{path}: map size {m.shape[:2]} differs from {tuple(shape[:2])} of {first}; "
+                "with resize 'none' (no input_size) every map keeps its own size and all must "
+                "match: set input_size (resize: aspect-pad keeps the aspect)")
+
+
 def preprocess_maps(maps: list[np.ndarray], cfg: BackboneConfig, mean: Triple,
                     std: Triple) -> torch.Tensor:
-    """Backbone input ``(n, 3, S, S)`` of maps that may differ in size or channels: one
+    """Backbone input ``(n, 3, S, S)`` (``resize: none``: ``(n, 3, H, W)``, one size, see
+    :func:`check_own_size`) of maps that may differ in size or channels: one
     batched resize where they all match (the common case), else one resize per map (the
     same numbers per map either way)."""
     if len({m.shape for m in maps}) == 1:
@@ -297,6 +311,8 @@ def extract_to_cache(
         for start in range(0, len(items), cfg.batch_size):
             chunk = items[start : start + cfg.batch_size]
             maps, expected = read_batch(chunk, expected)
+            if cfg.resize == "none":
+                check_own_size(maps, chunk, expected)
             feats = extract_batch(model, preprocess_maps(maps, cfg, mean, std), layers,
                                   cfg.patch_pool, cfg.autocast_cuda)
             if not writers:

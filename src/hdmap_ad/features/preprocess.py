@@ -1,8 +1,9 @@
-"""Turn maps into normalised square backbone inputs.
+"""Turn maps into normalised backbone inputs.
 
 HDMAP maps are 31 x 95 single-channel float32; backbones want ``(N, 3, S, S)``. The channel is
-repeated three times, the map resized (``nearest`` | ``bilinear`` | ``aspect-pad``) and every
-channel normalised with the backbone's mean and std. Values above 1 are kept as they are.
+repeated three times, the map resized (``nearest`` | ``bilinear`` | ``aspect-pad``; ``none``
+keeps its own ``H x W``, e.g. for the ``raw`` backbone) and every channel normalised with the
+backbone's mean and std. Values above 1 are kept as they are.
 """
 
 from __future__ import annotations
@@ -50,16 +51,21 @@ def to_nchw(maps: np.ndarray) -> torch.Tensor:
     raise ValueError(f"expected maps of shape (N, H, W) or (N, H, W, 3), got {maps.shape}")
 
 
-def resize(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
-    """Resize ``(N, C, H, W)`` to ``(N, C, size, size)``.
+def resize(x: torch.Tensor, size: int | None, mode: str) -> torch.Tensor:
+    """Resize ``(N, C, H, W)`` to ``(N, C, size, size)`` (``none``: unchanged).
 
     Args:
         x: float32 images.
-        size: output side in pixels.
+        size: output side in pixels (None with ``none``).
         mode: ``nearest`` (centre-aligned, torch ``nearest-exact``), ``bilinear``
-            (``align_corners=False``, no antialiasing), or ``aspect-pad`` (bilinear so the
-            long side is ``size``, aspect ratio kept, then zero-padded to a centred square).
+            (``align_corners=False``, no antialiasing), ``aspect-pad`` (bilinear so the
+            long side is ``size``, aspect ratio kept, then zero-padded to a centred square),
+            or ``none`` (the map's own size: ``x`` itself).
     """
+    if mode == "none":
+        return x
+    if size is None:
+        raise ValueError(f"resize mode {mode!r} needs an input size")
     if mode == "nearest":
         return F.interpolate(x, size=(size, size), mode="nearest-exact")
     if mode == "bilinear":
@@ -75,7 +81,8 @@ def resize(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
         )
         top, left = (size - new_h) // 2, (size - new_w) // 2
         return F.pad(x, (left, size - new_w - left, top, size - new_h - top), value=0.0)
-    raise ValueError(f"unknown resize mode {mode!r}; expected nearest, bilinear or aspect-pad")
+    raise ValueError(f"unknown resize mode {mode!r}; expected nearest, bilinear, aspect-pad "
+                     "or none")
 
 
 def preprocess(
@@ -90,8 +97,9 @@ def preprocess(
         std: per-channel std (3 values).
 
     Returns:
-        float32 tensor ``(N, 3, S, S)`` on the CPU: ``(resized - mean) / std``; aspect-pad
-        padding is 0 before normalisation, so ``-mean / std`` after.
+        float32 tensor ``(N, 3, S, S)`` (``resize: none``: ``(N, 3, H, W)``) on the CPU:
+        ``(resized - mean) / std``; aspect-pad padding is 0 before normalisation, so
+        ``-mean / std`` after.
     """
     x = resize(to_nchw(maps), cfg.input_size, cfg.resize)
     mean_t = torch.tensor(_triple(mean), dtype=torch.float32).view(1, 3, 1, 1)

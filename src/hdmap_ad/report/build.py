@@ -311,6 +311,7 @@ def methods_gate_lines(entries: list[dict[str, Any]], hypotheses: list[str]) -> 
         return []
     verdicts: dict[tuple[str, str, str], str] = {}  # (domain, method, gate) -> cell
     claims = set()
+    n_seeds = set()
     for path in hypotheses:
         h = read_json(path)
         a, b = arms.get(h["a"]), arms.get(h["b"])
@@ -320,12 +321,18 @@ def methods_gate_lines(entries: list[dict[str, Any]], hypotheses: list[str]) -> 
             if len(results) == 1:
                 verdicts[(domain, b[0], b[1])] = _verdict_cell(results[0])
                 claims.add(results[0].get("claim") or h.get("claim"))
+                n_seeds.add(len(results[0].get("seeds") or [0]))
     claim = ", ".join(sorted(c for c in claims if c)) or "pooled"
+    if n_seeds == {1}:  # the interval's sources of variance, as the hypotheses computed it
+        over = ("on one reference draw [paired bootstrap 95% CI over the test maps only: the "
+                "variance between reference draws is not covered]")
+    else:
+        over = ("mean over the reference seeds [two-level bootstrap 95% CI: seeds, then test "
+                "maps]")
     lines = ["## Methods x gates", "",
              "Image AUROC on the test maps of the first reference draw (cold / warm AUROC in "
              "brackets). Verdict columns: delta AUROC of the gated arm minus the same "
-             f"method's mixed arm on the hypothesis's claim ({claim}), mean over the "
-             "reference seeds [two-level bootstrap 95% CI: seeds, then test maps] "
+             f"method's mixed arm on the hypothesis's claim ({claim}), {over} "
              "(hypotheses of params).", ""]
     for domain in dict.fromkeys(e["domain"] for e in entries):
         by_arm = {arms[e["experiment"]]: read_json(e["metrics"])
