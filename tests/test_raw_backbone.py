@@ -142,14 +142,20 @@ TINY_AE = {
     "experiments": {
         name: {"backbone": backbone, "layers": layers,
                "references": {"protocol": "test_good_holdout", "n_cold": 2, "n_warm": 2},
-               "gate": gate, "method": {"name": "ae", "epochs": 3, "hidden": 4, "latent": 4}}
-        for name, backbone, layers, gate in (
-            ("ae_raw", "raw", ["map"], "mixed"),
-            ("ae_raw_p90", "raw", ["map"], "p90"),
-            ("ae_lite2", "lite2", ["blocks.2"], "mixed"),
+               "gate": gate, "method": {"name": method, "epochs": 3, **opts}}
+        for name, backbone, layers, gate, method, opts in (
+            ("ae_raw", "raw", ["map"], "mixed", "ae", {"hidden": 4, "latent": 4}),
+            ("ae_raw_p90", "raw", ["map"], "p90", "ae", {"hidden": 4, "latent": 4}),
+            ("ae_lite2", "lite2", ["blocks.2"], "mixed", "ae", {"hidden": 4, "latent": 4}),
+            # every other trained method through the DAG, under a gate each
+            ("unet_raw_oracle", "raw", ["map"], "oracle", "unet_ae", {"hidden": 4, "latent": 4}),
+            ("vae_raw_p90", "raw", ["map"], "p90", "vae", {"hidden": 4, "latent": 4}),
+            ("ff_lite2_p90", "lite2", ["blocks.2"], "p90", "fastflow", {"flow_steps": 2}),
+            ("ssn_lite2_oracle", "lite2", ["blocks.2"], "oracle", "supersimplenet",
+             {"seg_hidden": 16, "cls_hidden": 8}),
         )
     },
-    "targets": {"experiments": ["ae_raw", "ae_raw_p90", "ae_lite2"]},
+    "targets": {"experiments": ["ae_raw"]},
 }
 CORES = 2
 
