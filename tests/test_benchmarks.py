@@ -119,3 +119,12 @@ def test_scale_quick_tables_every_step_of_the_study(tmp_path):
     assert proc.returncode == (0 if all(result["targets"].values()) else 1)
     md = (tmp_path / "scale.md").read_text()
     assert "| **study total** | 10% |" in md and "(estimate)" in md and "random init" in md
+
+
+def test_bank_step_benchmark_runs_the_fit_code_in_a_child():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import bank_step
+
+    row = bank_step.bank_step_benchmark(4096, 16, 0.05, threads=1)
+    assert row["picks"] == 205 and row["peak_rss_bytes"] > row["input_bytes"] > 0
+    assert 0 < row["passes"] and row["passes_per_pick"] == row["passes"] / row["picks"]

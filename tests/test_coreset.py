@@ -102,18 +102,99 @@ def test_candidate_blocks_pick_exactly_the_textbook_greedy(block):
     got = _select_numpy(_augmented(x), 45, start=7, block=block, counts=counts)
     assert got.tolist() == brute_force_k_center(x.astype(np.float64), 45, 7)
     if block == 1:
-        assert counts["passes"] == 44
+        assert counts["passes"] == 44  # every pick but the last updates all points
     elif block == 300:
-        assert counts["passes"] == 2  # the start alone, then every point at once
+        assert counts["passes"] == 1  # the start alone, then every point is a candidate
     else:
-        assert 2 < counts["passes"] < 44
+        assert 1 < counts["passes"] <= 44
+    # no pruning groups at this size: every pass reads every point, one distance per pick
+    assert counts["points_read"] == 180 * counts["passes"]
+    assert counts["distances"] <= 180 * 44
 
 
-def test_block_size_is_bounded_by_memory(monkeypatch):
+def textbook_k_center(x: np.ndarray, k: int, start: int) -> list[int]:
+    """Vectorised textbook greedy k-center in float64 (ties to the lowest index)."""
+    selected = [start]
+    min_d = np.full(len(x), np.inf)
+    while len(selected) < k:
+        np.minimum(min_d, ((x - x[selected[-1]]) ** 2).sum(1), out=min_d)
+        selected.append(int(np.argmax(min_d)))
+    return selected
+
+
+def _clustered(n: int, d: int, seed: int) -> np.ndarray:
+    """Tight blobs of different spread: a pick reaches few of the pruning groups."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0.0, 6.0, (24, d))
+    spread = rng.uniform(0.2, 1.5, 24)
+    which = rng.integers(24, size=n)
+    return (centres[which] + rng.normal(0.0, 1.0, (n, d)) * spread[which, None]).astype(
+        np.float32)
+
+
+@pytest.mark.parametrize("seed,n,d,k", [(0, 3000, 8, 300), (1, 2500, 5, 600), (2, 3000, 16, 120)])
+def test_pruned_selection_matches_the_textbook_greedy(seed, n, d, k):
+    """Groups of 32 points: most blocks compare a pick with a few groups only, and the picks
+    are still the brute-force ones, and bit for bit those of the unpruned loop."""
+    from hdmap_ad.banks.coreset import _augmented, _select_numpy
+
+    x = _clustered(n, d, seed)
+    aug = _augmented(x)
+    pruned, full = {}, {}
+    got = _select_numpy(aug, k, start=seed, block=64, counts=pruned, group_points=32)
+    assert got.tolist() == textbook_k_center(x.astype(np.float64), k, seed)
+    assert got.tolist() == _select_numpy(aug, k, seed, block=64, counts=full,
+                                         group_points=None).tolist()
+    assert pruned["groups"] > 50 and full["groups"] == 1
+    # pruning did trigger: fewer distances and fewer points read than the unpruned loop
+    assert pruned["distances"] < 0.6 * full["distances"]
+    assert pruned["points_read"] < 0.6 * pruned["passes"] * n
+    assert full["points_read"] == full["passes"] * n
+
+
+def test_ties_duplicates_and_extreme_k_follow_the_textbook_order():
+    """Small integer features (every float32 distance exact): duplicates tie exactly, and
+    ties go to the lowest index, through k = 1 and k = N (picks repeat once all are 0)."""
+    from hdmap_ad.banks.coreset import _augmented, _select_numpy
+
+    rng = np.random.default_rng(4)
+    distinct = rng.integers(0, 4, (30, 3))
+    x = distinct[rng.integers(30, size=240)].astype(np.float32)  # ~8 copies of each
+    aug = _augmented(x)
+    want = textbook_k_center(x.astype(np.float64), 240, 5)
+    for group_points, block in ((None, 7), (16, 7), (16, 240)):
+        for k in (1, 2, 37, 240):
+            got = _select_numpy(aug, k, start=5, block=block, group_points=group_points)
+            assert got.tolist() == want[:k], (group_points, block, k)
+    assert greedy_coreset(x, 1.0).tolist() == list(range(240))
+
+
+def test_greedy_coreset_reports_counts_and_prunes_large_inputs():
+    from hdmap_ad.banks.coreset import GROUP_POINTS
+
+    x = _clustered(4 * GROUP_POINTS, 6, 9)
+    counts = {}
+    got = greedy_coreset(x, 0.1, seed=2, counts=counts)
+    assert got.tolist() == textbook_k_center(x.astype(np.float64), len(got), int(got[0]))
+    assert counts["groups"] > 1 and counts["passes"] >= 1
+    assert counts["distances"] <= (len(got) - 1) * len(x)
+
+
+def test_block_size_is_max_block_at_most_n():
     import hdmap_ad.banks.coreset as coreset
 
     assert coreset.block_size(50) == 50
     assert coreset.block_size(100_000) == coreset.MAX_BLOCK
-    monkeypatch.setattr(coreset, "BLOCK_BYTES", 4 * 1000 * 10)
-    assert coreset.block_size(1000) == 10
-    assert coreset.block_size(10**6) == 1
+    assert coreset.block_size(1) == 1
+
+
+def test_products_match_the_general_kernel_at_any_size():
+    """Small products are padded so that they round as the full pass's do."""
+    from hdmap_ad.banks.coreset import _products
+
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((40, 30)).astype(np.float32)
+    b = rng.standard_normal((3000, 30)).astype(np.float32)
+    full = a @ b.T
+    for r, c in ((1, 1), (1, 5), (2, 3), (7, 100), (40, 3000)):
+        assert np.array_equal(_products(a[:r], b[:c]), full[:r, :c]), (r, c)

@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from hdmap_ad.features.context import ContextConfig, apply_context, project_channels
 
@@ -27,6 +25,9 @@ def combine_layers(layer_maps: list[np.ndarray]) -> np.ndarray:
     """
     if len(layer_maps) == 1:
         return np.ascontiguousarray(layer_maps[0], dtype=np.float32)
+    import torch  # only layers on different grids need it (a fit step without it is lighter)
+    import torch.nn.functional as F  # noqa: N812
+
     target = max((m.shape[1], m.shape[2]) for m in layer_maps)
     parts = []
     for m in layer_maps:
