@@ -56,7 +56,7 @@ bench-search: install
 bench-cache: install
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks/caching.py
 
-# The user's full-size study, step by step (about 70 min on 2 idle cores; --quick: 1 min).
+# The user's full-size study, step by step (about 10 min on 2 idle cores; --quick: 1 min).
 bench-scale: install
 	$(BIN)/python benchmarks/scale.py
 

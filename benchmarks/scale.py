@@ -1,6 +1,6 @@
 """How long will the study take: every step of the user's full-size study, timed here.
 
-    python benchmarks/scale.py            # the issue's grid (about 70 min on 2 idle cores)
+    python benchmarks/scale.py            # the issue's grid (about 10 min on 2 idle cores)
     python benchmarks/scale.py --quick    # small bank sizes, 4 maps: checks the harness (~1 min)
 
 The study (``STUDY``): 4 domains x (1000 train + 2000 test) maps of 31 x 95 floats, DINOv2
