@@ -65,7 +65,7 @@ def test_training_lowers_the_likelihood_loss_and_holds_out_references_only():
     with seeded(2):
         untrained = build_flow(desc.shape[-1], opts).eval()
     with torch.no_grad():
-        before, after = float(nll_per_dim(untrained, x)), float(nll_per_dim(model.flow, x))
+        before, after = float(nll_per_dim(untrained, x)), float(nll_per_dim(model.module, x))
     assert after < 0.5 * before
     h = model.history
     assert h["best_val_loss"] < before

@@ -31,17 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import numpy as np
-
-from hdmap_ad.methods.base import FitContext, FittedModel, Method, check_descriptors
-from hdmap_ad.methods.training import (
-    TrainOptions,
-    load_state,
-    score_batches,
-    seeded,
-    to_tensor,
-    train,
-)
+from hdmap_ad.methods.base import FitContext
+from hdmap_ad.methods.training import TrainedMethod, TrainedModel, TrainOptions
 
 SCORES = ("l2", "ssim")
 
@@ -167,15 +158,8 @@ def row_average(patch: Any, window: int) -> Any:
     return pooled[:, 0, :, :patch.shape[-1]]
 
 
-class AEModel(FittedModel):
+class AEModel(TrainedModel):
     """A trained autoencoder with the references' channel statistics."""
-
-    def __init__(self, module: Any, mean: Any, std: Any, options: AEOptions,
-                 history: dict[str, Any]) -> None:
-        self.module = module
-        self.mean, self.std = mean, std  # (1, D, 1, 1) tensors
-        self.options = options
-        self.history = history
 
     def patch_error(self, x: Any, rec: Any) -> Any:
         """``(B, H, W)`` reconstruction error of standardised ``x`` (``options.score``, then
@@ -186,24 +170,12 @@ class AEModel(FittedModel):
             patch = ((x - rec) ** 2).mean(dim=1)
         return row_average(patch, self.options.row_window)
 
-    def _scores(self, x: Any) -> tuple[Any, Any]:
-        x = (x - self.mean) / self.std
+    def standardised_scores(self, x: Any) -> tuple[Any, Any]:
         patch = self.patch_error(x, self.module(x))
         return patch.flatten(1).amax(dim=1), patch
 
-    def score(self, desc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return score_batches(self._scores, np.asarray(desc, dtype=np.float32))
 
-    def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        state = {f"module.{k}": v for k, v in self.module.state_dict().items()}
-        state["norm.mean"], state["norm.std"] = self.mean, self.std
-        return state, {"channels": int(self.mean.shape[1]), "training": self.history}
-
-    def counts(self) -> dict[str, int]:
-        return {"epochs_run": int(self.history.get("epochs_run", 0))}
-
-
-class AE(Method):
+class AE(TrainedMethod):
     """The AE; its relatives (``unet_ae``, ``vae``) subclass it and override
     :meth:`build` (the module), :meth:`loss` (the training loss) and ``model_class``."""
 
@@ -213,33 +185,10 @@ class AE(Method):
     summary = ("convolutional autoencoder trained on the references; patch score = "
                "reconstruction error (raw maps with the `raw` backbone, else features)")
 
-    def min_references(self, options: AEOptions) -> int:
-        return 1
-
     def build(self, channels: int, options: AEOptions, ctx: FitContext) -> Any:
         """The untrained module for ``channels`` input channels."""
         return build_autoencoder(channels, options)
 
-    def loss(self, options: AEOptions) -> Callable[[Any, Any], Any]:
+    def loss(self, options: AEOptions, ctx: FitContext) -> Callable[[Any, Any], Any]:
         """``loss(module, batch) -> scalar``: the mean squared reconstruction error."""
         return lambda m, b: ((m(b) - b) ** 2).mean()
-
-    def fit(self, desc: np.ndarray, options: AEOptions, ctx: FitContext) -> AEModel:
-        desc = check_descriptors(desc, ctx.where)
-        x = to_tensor(desc)
-        mean = x.mean(dim=(0, 2, 3), keepdim=True)
-        std = x.std(dim=(0, 2, 3), keepdim=True, unbiased=False).clamp_min(1e-6)
-        with seeded(ctx.seed):
-            module = self.build(desc.shape[-1], options, ctx)
-            result = train(module, self.loss(options), (x - mean) / std,
-                           options, ctx.seed, progress=ctx.progress, desc=f"{self.name} train",
-                           where=ctx.where)
-        return self.model_class(module, mean, std, options, result.history)
-
-    def from_state(self, arrays: dict[str, Any], description: dict[str, Any],
-                   options: AEOptions, ctx: FitContext) -> AEModel:
-        module = self.build(int(description["channels"]), options, ctx)
-        load_state(module, {k[len("module."):]: v for k, v in arrays.items()
-                            if k.startswith("module.")}, ctx.where)
-        return self.model_class(module, arrays["norm.mean"], arrays["norm.std"], options,
-                                description.get("training", {}))

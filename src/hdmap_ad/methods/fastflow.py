@@ -42,20 +42,12 @@ matrix); no upsampling (patch scores stay on the descriptor grid, as every metho
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from hdmap_ad.methods.base import FitContext, FittedModel, Method, check_descriptors
-from hdmap_ad.methods.training import (
-    TrainOptions,
-    load_state,
-    score_batches,
-    seeded,
-    to_tensor,
-    train,
-)
+from hdmap_ad.methods.base import FitContext
+from hdmap_ad.methods.training import TrainedMethod, TrainedModel, TrainOptions
 
 
 @dataclass(frozen=True)
@@ -167,53 +159,24 @@ def nll_per_dim(flow: Any, x: Any) -> Any:
     return ((0.5 * (z**2).flatten(1).sum(dim=1) - log_det) / dims).mean()
 
 
-class FastFlowModel(FittedModel):
-    """A trained flow with the references' channel statistics."""
+class FastFlowModel(TrainedModel):
+    """A trained flow (``module``) with the references' channel statistics."""
 
-    def __init__(self, flow: Any, mean: Any, std: Any, history: dict[str, Any]) -> None:
-        self.flow = flow
-        self.mean, self.std = mean, std  # (1, D, 1, 1) tensors
-        self.history = history
-
-    def _scores(self, x: Any) -> tuple[Any, Any]:
-        z, _ = self.flow((x - self.mean) / self.std)
+    def standardised_scores(self, x: Any) -> tuple[Any, Any]:
+        z, _ = self.module(x)
         patch = 0.5 * (z**2).mean(dim=1)
         return patch.flatten(1).amax(dim=1), patch
 
-    def score(self, desc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return score_batches(self._scores, np.asarray(desc, dtype=np.float32))
 
-    def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        state = {f"flow.{k}": v for k, v in self.flow.state_dict().items()}
-        state["norm.mean"], state["norm.std"] = self.mean, self.std
-        return state, {"channels": int(self.mean.shape[1]), "training": self.history}
-
-    def counts(self) -> dict[str, int]:
-        return {"epochs_run": int(self.history.get("epochs_run", 0))}
-
-
-class FastFlow(Method):
+class FastFlow(TrainedMethod):
     name = "fastflow"
     Options = FastFlowOptions
+    model_class = FastFlowModel
     summary = ("FastFlow: a 2-D normalising flow (affine coupling blocks) trained on the "
                "references; patch score = the latent's negative log-density per channel")
 
-    def fit(self, desc: np.ndarray, options: FastFlowOptions,
-            ctx: FitContext) -> FastFlowModel:
-        desc = check_descriptors(desc, ctx.where)
-        x = to_tensor(desc)
-        mean = x.mean(dim=(0, 2, 3), keepdim=True)
-        std = x.std(dim=(0, 2, 3), keepdim=True, unbiased=False).clamp_min(1e-6)
-        with seeded(ctx.seed):
-            flow = build_flow(desc.shape[-1], options)
-            result = train(flow, nll_per_dim, (x - mean) / std, options, ctx.seed,
-                           progress=ctx.progress, desc=f"{self.name} train", where=ctx.where)
-        return FastFlowModel(flow, mean, std, result.history)
+    def build(self, channels: int, options: FastFlowOptions, ctx: FitContext) -> Any:
+        return build_flow(channels, options)
 
-    def from_state(self, arrays: dict[str, Any], description: dict[str, Any],
-                   options: FastFlowOptions, ctx: FitContext) -> FastFlowModel:
-        flow = build_flow(int(description["channels"]), options)
-        load_state(flow, {k[len("flow."):]: v for k, v in arrays.items()
-                          if k.startswith("flow.")}, ctx.where)
-        return FastFlowModel(flow, arrays["norm.mean"], arrays["norm.std"],
-                             description.get("training", {}))
+    def loss(self, options: FastFlowOptions, ctx: FitContext) -> Callable[[Any, Any], Any]:
+        return nll_per_dim

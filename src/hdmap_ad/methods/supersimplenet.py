@@ -72,15 +72,8 @@ from typing import Any
 
 import numpy as np
 
-from hdmap_ad.methods.base import FitContext, FittedModel, Method, check_descriptors
-from hdmap_ad.methods.training import (
-    TrainOptions,
-    load_state,
-    score_batches,
-    seeded,
-    to_tensor,
-    train,
-)
+from hdmap_ad.methods.base import FitContext
+from hdmap_ad.methods.training import TrainedMethod, TrainedModel, TrainOptions
 
 IMAGE_SCORES = ("cls", "max")
 CLS_FEATURES = ("raw", "adapted")
@@ -282,61 +275,27 @@ def make_loss(seed: int, options: SuperSimpleNetOptions) -> Callable[[Any, Any],
     return loss_fn
 
 
-class SuperSimpleNetModel(FittedModel):
+class SuperSimpleNetModel(TrainedModel):
     """A trained SuperSimpleNet with the references' channel statistics."""
 
-    def __init__(self, module: Any, mean: Any, std: Any, options: SuperSimpleNetOptions,
-                 history: dict[str, Any]) -> None:
-        self.module = module
-        self.mean, self.std = mean, std  # (1, D, 1, 1) tensors
-        self.options = options
-        self.history = history
-
-    def _scores(self, x: Any) -> tuple[Any, Any]:
-        patch, image = self.module((x - self.mean) / self.std)
+    def standardised_scores(self, x: Any) -> tuple[Any, Any]:
+        patch, image = self.module(x)
         if self.options.image_score == "max":
             image = patch.flatten(1).amax(dim=1)
         return image, patch
 
-    def score(self, desc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return score_batches(self._scores, np.asarray(desc, dtype=np.float32))
 
-    def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        state = {f"module.{k}": v for k, v in self.module.state_dict().items()}
-        state["norm.mean"], state["norm.std"] = self.mean, self.std
-        return state, {"channels": int(self.mean.shape[1]), "training": self.history}
-
-    def counts(self) -> dict[str, int]:
-        return {"epochs_run": int(self.history.get("epochs_run", 0))}
-
-
-class SuperSimpleNet(Method):
+class SuperSimpleNet(TrainedMethod):
     name = "supersimplenet"
     Options = SuperSimpleNetOptions
+    model_class = SuperSimpleNetModel
     summary = ("SuperSimpleNet (Rolih et al. 2024), unsupervised: feature adaptor + "
                "segmentation / classification heads trained to find Gaussian-noise anomalies "
                "in Perlin masks on the reference descriptors; patch score = seg logit")
 
-    def min_references(self, options: SuperSimpleNetOptions) -> int:
-        return 1
+    def build(self, channels: int, options: SuperSimpleNetOptions, ctx: FitContext) -> Any:
+        return build_supersimplenet(channels, options)
 
-    def fit(self, desc: np.ndarray, options: SuperSimpleNetOptions,
-            ctx: FitContext) -> SuperSimpleNetModel:
-        desc = check_descriptors(desc, ctx.where)
-        x = to_tensor(desc)
-        mean = x.mean(dim=(0, 2, 3), keepdim=True)
-        std = x.std(dim=(0, 2, 3), keepdim=True, unbiased=False).clamp_min(1e-6)
-        with seeded(ctx.seed):
-            module = build_supersimplenet(desc.shape[-1], options)
-            result = train(module, make_loss(ctx.seed, options), (x - mean) / std, options,
-                           ctx.seed, progress=ctx.progress, desc=f"{self.name} train",
-                           where=ctx.where)
-        return SuperSimpleNetModel(module, mean, std, options, result.history)
-
-    def from_state(self, arrays: dict[str, Any], description: dict[str, Any],
-                   options: SuperSimpleNetOptions, ctx: FitContext) -> SuperSimpleNetModel:
-        module = build_supersimplenet(int(description["channels"]), options)
-        load_state(module, {k[len("module."):]: v for k, v in arrays.items()
-                            if k.startswith("module.")}, ctx.where)
-        return SuperSimpleNetModel(module, arrays["norm.mean"], arrays["norm.std"], options,
-                                   description.get("training", {}))
+    def loss(self, options: SuperSimpleNetOptions,
+             ctx: FitContext) -> Callable[[Any, Any], Any]:
+        return make_loss(ctx.seed, options)

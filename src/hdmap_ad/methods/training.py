@@ -2,11 +2,14 @@
 deterministic training loop with early stopping, progress, and the checkpoint description.
 
 A trained method's options dataclass inherits :class:`TrainOptions` (so ``epochs``, ``lr``
-... sit flat in its params block beside its own options). Its ``fit`` builds a
-``torch.nn.Module`` under :func:`seeded` and calls :func:`train` with a loss function; the
-fitted model's ``state()`` returns the module's state dict (tensors), which
-:func:`hdmap_ad.methods.base.save_model` writes with ``torch.save`` as ``<sub>.pt`` and loads
-with ``weights_only=True``.
+... sit flat in its params block beside its own options). The method subclasses
+:class:`TrainedMethod` (its network: :meth:`~TrainedMethod.build`; its loss:
+:meth:`~TrainedMethod.loss`) and its fitted model :class:`TrainedModel` (how the network's
+output on standardised descriptors becomes scores: :meth:`~TrainedModel.standardised_scores`).
+Fitting standardises the channels with the references' statistics, builds the network under
+:func:`seeded` and runs :func:`train`; the model's ``state()`` is the network's state dict plus
+those statistics (tensors), which :func:`hdmap_ad.methods.base.save_model` writes with
+``torch.save`` as ``<sub>.pt`` and loads with ``weights_only=True``.
 
 Validation never sees a test map: a seeded share of the sub-model's *own references*
 (``val_fraction``) is held out of training; the epoch with the lowest validation loss is the
@@ -27,13 +30,15 @@ import contextlib
 import copy
 import math
 import time
+from abc import abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from hdmap_ad.errors import InputError
+from hdmap_ad.methods.base import FitContext, FittedModel, Method, check_descriptors
 
 
 @dataclass(frozen=True)
@@ -52,9 +57,6 @@ class TrainOptions:
                                        "validation / early stopping (never test maps)"})
     patience: int = field(default=10, metadata={
         "min": 1, "doc": "epochs without a better validation loss before stopping"})
-
-
-TRAIN_FIELDS = tuple(f for f in TrainOptions.__dataclass_fields__)
 
 
 def split_references(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -218,3 +220,73 @@ def score_batches(fn: Callable[[Any], tuple[Any, Any]], desc: np.ndarray,
             patches.append(pa.float().numpy())
     return (np.concatenate(images).astype(np.float32),
             np.concatenate(patches).astype(np.float32))
+
+
+def channel_stats(x: Any) -> tuple[Any, Any]:
+    """Per-channel mean and standard deviation (floored at 1e-6) of ``(N, D, H, W)``, each
+    ``(1, D, 1, 1)``: the references' statistics every trained method standardises with."""
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    std = x.std(dim=(0, 2, 3), keepdim=True, unbiased=False).clamp_min(1e-6)
+    return mean, std
+
+
+class TrainedModel(FittedModel):
+    """A trained network (``module``) with the references' channel statistics (``mean``,
+    ``std``: ``(1, D, 1, 1)`` tensors), its options and its training history."""
+
+    def __init__(self, module: Any, mean: Any, std: Any, options: Any,
+                 history: dict[str, Any]) -> None:
+        self.module = module
+        self.mean, self.std = mean, std
+        self.options = options
+        self.history = history
+
+    @abstractmethod
+    def standardised_scores(self, x: Any) -> tuple[Any, Any]:
+        """``(image (b,), patch (b, H, W))`` tensors for standardised ``x`` ``(b, D, H, W)``."""
+
+    def score(self, desc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return score_batches(lambda x: self.standardised_scores((x - self.mean) / self.std),
+                             np.asarray(desc, dtype=np.float32))
+
+    def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        state = {f"module.{k}": v for k, v in self.module.state_dict().items()}
+        state["norm.mean"], state["norm.std"] = self.mean, self.std
+        return state, {"channels": int(self.mean.shape[1]), "training": self.history}
+
+    def counts(self) -> dict[str, int]:
+        return {"epochs_run": int(self.history.get("epochs_run", 0))}
+
+
+class TrainedMethod(Method):
+    """A method that trains a network per sub-model: subclasses give :meth:`build`,
+    :meth:`loss` and ``model_class``; fitting and reloading are shared."""
+
+    model_class: ClassVar[type[TrainedModel]]
+
+    @abstractmethod
+    def build(self, channels: int, options: Any, ctx: FitContext) -> Any:
+        """The untrained network for ``channels`` input channels."""
+
+    @abstractmethod
+    def loss(self, options: Any, ctx: FitContext) -> Callable[[Any, Any], Any]:
+        """``loss(module, batch) -> scalar`` on standardised batches."""
+
+    def fit(self, desc: np.ndarray, options: Any, ctx: FitContext) -> TrainedModel:
+        desc = check_descriptors(desc, ctx.where)
+        x = to_tensor(desc)
+        mean, std = channel_stats(x)
+        with seeded(ctx.seed):
+            module = self.build(desc.shape[-1], options, ctx)
+            result = train(module, self.loss(options, ctx), (x - mean) / std, options,
+                           ctx.seed, progress=ctx.progress, desc=f"{self.name} train",
+                           where=ctx.where)
+        return self.model_class(module, mean, std, options, result.history)
+
+    def from_state(self, arrays: dict[str, Any], description: dict[str, Any], options: Any,
+                   ctx: FitContext) -> TrainedModel:
+        module = self.build(int(description["channels"]), options, ctx)
+        load_state(module, {k[len("module."):]: v for k, v in arrays.items()
+                            if k.startswith("module.")}, ctx.where)
+        return self.model_class(module, arrays["norm.mean"], arrays["norm.std"], options,
+                                description.get("training", {}))

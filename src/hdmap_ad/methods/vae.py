@@ -85,8 +85,7 @@ def vae_class() -> type:
 class VAEModel(AEModel):
     """A trained VAE: the AE's scores from the posterior mean, plus the optional KL term."""
 
-    def _scores(self, x: Any) -> tuple[Any, Any]:
-        x = (x - self.mean) / self.std
+    def standardised_scores(self, x: Any) -> tuple[Any, Any]:
         rec, mu, logvar = self.module.elbo_terms(x)
         patch = self.patch_error(x, rec)
         image = patch.flatten(1).amax(dim=1)
@@ -106,7 +105,7 @@ class VAE(AE):
         return vae_class()(channels, options.hidden, options.depth, options.latent,
                            seed=ctx.seed)
 
-    def loss(self, options: VAEOptions) -> Callable[[Any, Any], Any]:
+    def loss(self, options: VAEOptions, ctx: FitContext) -> Callable[[Any, Any], Any]:
         def elbo_loss(module: Any, batch: Any) -> Any:
             rec, mu, logvar = module.elbo_terms(batch)
             return ((rec - batch) ** 2).mean() + options.beta * kl_divergence(mu, logvar).mean()
