@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     _outdates(s)
-    s.set_defaults(func=cmd_extract)
+    # extraction outdates only the results built on its own backbone (hdmap_ad.outdated)
+    s.set_defaults(func=cmd_extract, outdates_backbone=lambda a: _spec(a.spec).get("key"))
 
     for name, helptext in (
         ("fit", "fit the experiment's method: one sub-model per condition (or one mixed)"),
@@ -318,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "outdates", None):
             from hdmap_ad.outdated import mark_outdated
 
-            mark_outdated(args.outdates, args.step)
+            scope = getattr(args, "outdates_backbone", None)
+            mark_outdated(args.outdates, args.step, backbone=scope(args) if scope else None)
         rc = args.func(args)
     except InputError as exc:
         print(f"hdmap_ad {args.step}: error: {exc}", file=sys.stderr)
