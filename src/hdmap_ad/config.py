@@ -21,6 +21,7 @@ from hdmap_ad.features.context import ContextConfig
 from hdmap_ad.methods import MethodConfig, method_schema
 from hdmap_ad.specs import (  # noqa: F401  (re-exported: one place to import configs from)
     PROTOCOLS,
+    RAW_MODEL,
     RESIZE_MODES,
     WEIGHT_SOURCES,
     BackboneConfig,
@@ -110,6 +111,7 @@ class ExperimentConfig:
     deploy_folds: int = 4
     project_dim: int | None = None
     context: ContextConfig = field(default_factory=ContextConfig)
+    input_map: str | None = None
 
     @classmethod
     def from_dict(cls, key: str, data: dict[str, Any]) -> ExperimentConfig:
@@ -144,12 +146,27 @@ class ExperimentConfig:
         if isinstance(cfg.gate_margin, bool) or not isinstance(cfg.gate_margin, (int, float)) \
                 or cfg.gate_margin < 0:
             raise InputError(f"{where}.gate_margin: {cfg.gate_margin!r} is not a number >= 0")
+        if cfg.method.method.reads_map and cfg.input_map is None:
+            raise InputError(f"{where}.input_map: method {cfg.method.name} reads the map itself; "
+                             "name a raw backbone here (model: raw, layers: [map] or [rgb])")
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["method"] = self.method.to_dict()
         return out
+
+    def split_features(self, paths: list[str]) -> tuple[list[str], str | None]:
+        """The step's ``--features`` list as ``(layer caches, input_map cache or None)``: the
+        layers in order, then the ``input_map`` backbone's cache when there is one."""
+        want = len(self.layers) + (self.input_map is not None)
+        if len(paths) != want:
+            raise InputError(f"experiments.{self.key}: {len(paths)} feature caches given, "
+                             f"expected {want} (layers {list(self.layers)}"
+                             + (f" + input_map {self.input_map!r})" if self.input_map else ")"))
+        if self.input_map is None:
+            return list(paths), None
+        return list(paths[:-1]), paths[-1]
 
     def fit_dict(self) -> dict[str, Any]:
         """What the fit step reads (its Snakemake param and the model metadata): ``to_dict``
@@ -247,6 +264,16 @@ class Params:
     sweeps: dict[str, tuple[Variant, ...]] = field(default_factory=dict)
     hypotheses: dict[str, HypothesisConfig] = field(default_factory=dict)
     hypothesis_plans: dict[str, HypothesisPlan] = field(default_factory=dict)
+
+    def feature_sources(self, experiment: str) -> list[tuple[str, str]]:
+        """``(backbone key, layer)`` of every feature cache an experiment reads, in the order
+        its steps take them (:meth:`ExperimentConfig.split_features`): its layers, then its
+        ``input_map``'s layer. The one source of the fit and score rules' feature inputs."""
+        exp = self.experiments[experiment]
+        out = [(exp.backbone, layer) for layer in exp.layers]
+        if exp.input_map is not None:
+            out.append((exp.input_map, self.backbones[exp.input_map].layers[0]))
+        return out
 
     def variants(self, name: str) -> tuple[Variant, ...]:
         """The concrete runs of an experiment or sweep name."""
@@ -455,6 +482,14 @@ def parse_params(raw: dict[str, Any]) -> Params:
             )
         if not exp.layers:
             raise InputError(f"experiments.{key}.layers: at least one layer is required")
+        if exp.input_map is not None:
+            raw_keys = sorted(k for k, b in backbones.items() if b.model == RAW_MODEL)
+            bad = exp.input_map not in backbones or backbones[exp.input_map].model != RAW_MODEL
+            if bad or len(backbones[exp.input_map].layers) != 1:
+                raise InputError(
+                    f"experiments.{key}.input_map: {exp.input_map!r} must name a backbone with "
+                    f"model {RAW_MODEL!r} and one layer (map or rgb); params defines raw "
+                    f"backbone(s) {raw_keys}")
     names = set(experiments) | set(sweeps)
     targets = tuple(raw.get("targets", {}).get("experiments", list(raw["experiments"])))
     unknown = [t for t in targets if t not in names]

@@ -128,10 +128,10 @@ def manifest_path(wildcards):
 
 
 def feature_paths(domain, experiment):
-    exp = PARAMS.experiments[experiment]
+    """The feature caches an experiment's fit and score read (``Params.feature_sources``)."""
     return [
-        f"{WORK}/features/domain_{domain}/{exp.backbone}/{layer}.parquet"
-        for layer in exp.layers
+        f"{WORK}/features/domain_{domain}/{backbone}/{layer}.parquet"
+        for backbone, layer in PARAMS.feature_sources(experiment)
     ]
 
 

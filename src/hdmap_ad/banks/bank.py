@@ -68,7 +68,7 @@ def assign_references(refs: pd.DataFrame, mode: str, fit: GateFit) -> np.ndarray
 
 def fit_sub_models(
     desc: np.ndarray, assignment: np.ndarray, exp: ExperimentConfig, device: str = "cpu",
-    progress: bool = False,
+    progress: bool = False, layout: dict[str, Any] | None = None,
 ) -> dict[str, FittedModel]:
     """Fit the experiment's method once per sub-model, each on its own references only.
 
@@ -77,6 +77,8 @@ def fit_sub_models(
         assignment: ``(N,)`` sub-model name per reference (``mixed``, or ``cold``/``warm``).
         exp: the experiment; its ``method`` (name and options) and ``seed`` drive the fit.
         device: resolved device (``cpu`` | ``cuda``) for methods that can use a GPU.
+        layout: what the descriptor channels are (``DescriptorSource.layout``), for methods
+            that need it (STFPM's student).
 
     Returns:
         sub-model name -> fitted model, in sorted name order.
@@ -86,7 +88,8 @@ def fit_sub_models(
     for name in sorted(set(assignment)):
         pos = np.flatnonzero(assignment == name)
         ctx = FitContext(seed=exp.seed, device=device, where=f"experiments.{exp.key}.method",
-                         ref_ids=tuple(str(i) for i in pos), progress=progress)
+                         ref_ids=tuple(str(i) for i in pos), progress=progress,
+                         layout=layout)
         # contiguous references (ungated: all of them) as a view, not a copy of the input
         own = desc[pos[0] : pos[-1] + 1] if pos[-1] - pos[0] + 1 == len(pos) else desc[pos]
         models[name] = method.fit(own, exp.method.options, ctx)
@@ -115,8 +118,8 @@ def cv_folds(refs: pd.DataFrame, exp: ExperimentConfig, fit: GateFit) -> np.ndar
 
 
 def fit_fold_models(refs: pd.DataFrame, desc: np.ndarray, exp: ExperimentConfig,
-                    fit: GateFit, device: str = "cpu",
-                    progress: bool = False) -> dict[int, dict[str, FittedModel]]:
+                    fit: GateFit, device: str = "cpu", progress: bool = False,
+                    layout: dict[str, Any] | None = None) -> dict[int, dict[str, FittedModel]]:
     """The sub-models that score each fold of references for the deployable threshold.
 
     Fold ``f``'s sub-models are fit on the references outside ``f`` only (each on its own
@@ -144,10 +147,12 @@ def fit_fold_models(refs: pd.DataFrame, desc: np.ndarray, exp: ExperimentConfig,
         usable = [name for name in sorted(set(kept_assign))
                   if (kept_assign == name).sum() >= min_refs]
         keep_mask = np.isin(kept_assign, usable)
-        models = fit_sub_models(desc[kept][keep_mask], kept_assign[keep_mask], exp, device)
+        models = fit_sub_models(desc[kept][keep_mask], kept_assign[keep_mask], exp, device,
+                                layout=layout)
         if MIXED not in models and any(name not in models for name in expected):
             models[MIXED] = fit_sub_models(
-                desc[kept], np.full(int(kept.sum()), MIXED, dtype=object), exp, device)[MIXED]
+                desc[kept], np.full(int(kept.sum()), MIXED, dtype=object), exp, device,
+                layout=layout)[MIXED]
         out[f] = models
     return out
 
@@ -199,7 +204,7 @@ def load_models(folder: str | Path, meta: dict[str, Any], exp: ExperimentConfig,
 
 def build_bank(
     refs: pd.DataFrame, desc: np.ndarray, exp: ExperimentConfig, device: str = "cpu",
-    progress: bool = False,
+    progress: bool = False, layout: dict[str, Any] | None = None,
 ) -> tuple[dict[str, FittedModel], GateFit, np.ndarray]:
     """Fit the gate on ``refs``, assign each to a sub-model and fit the method on each.
 
@@ -223,7 +228,8 @@ def build_bank(
                 f"experiments.{exp.key}.method: {method.name} needs at least "
                 f"{method.min_references(exp.method.options)} references per sub-model; "
                 f"sub-model {name!r} has {n}")
-    return fit_sub_models(desc, assignment, exp, device, progress=progress), fit, assignment
+    return (fit_sub_models(desc, assignment, exp, device, progress=progress, layout=layout),
+            fit, assignment)
 
 
 def bank_metadata(
@@ -289,9 +295,14 @@ def fit_experiment(exp: ExperimentConfig, manifest_path: str, feature_paths: lis
             f"{where}.method: {exp.method.name} models each patch position, but these maps "
             f"have {len(sizes)} sizes and resize: aspect-pad pads each differently; use "
             "resize: bilinear for this backbone or a method that is not per-position")
-    desc = DescriptorSource(feature_paths, refs.image_id.tolist(), exp.descriptor, where)()
-    models, fit, assignment = build_bank(refs, desc, exp, device, progress=True)
-    fold_models = fit_fold_models(refs, desc, exp, fit, device, progress=True)
+    layer_paths, input_path = exp.split_features(feature_paths)
+    source = DescriptorSource(layer_paths, refs.image_id.tolist(), exp.descriptor, where,
+                              input_path=input_path)
+    desc = source()
+    models, fit, assignment = build_bank(refs, desc, exp, device, progress=True,
+                                         layout=source.layout)
+    fold_models = fit_fold_models(refs, desc, exp, fit, device, progress=True,
+                                  layout=source.layout)
     meta = bank_metadata(exp, refs, assignment, fit, models, desc.shape[1:4])
     meta["cv"] = {"folds": exp.deploy_folds if fold_models else 0,
                   "sub_models": {str(f): sorted(m) for f, m in fold_models.items()}}

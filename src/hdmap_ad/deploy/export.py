@@ -241,6 +241,12 @@ def export_model(
     for p in (meta_path, scores_path, metrics_path):
         if not Path(p).is_file():
             raise InputError(f"{p}: not found; run the pipeline for this target first")
+    fitted = json.loads(Path(meta_path).read_text()).get("experiment", {})
+    if fitted.get("input_map"):
+        raise InputError(
+            f"{meta_path}: experiment {fitted.get('key')!r} reads the map itself (input_map: "
+            f"{fitted['input_map']!r}); predict extracts one backbone, so such models cannot "
+            "be exported yet")
     model = model_record(backbone, meta_path, model_dir, scores_path, metrics_path, name)
     with atomic_dir(out) as tmp:
         (tmp / SUB_MODELS).mkdir()

@@ -2,14 +2,25 @@
 
 Multi-layer features follow PatchCore: every coarser grid is upsampled bilinearly to the
 finest grid and the channels are concatenated.
+
+An experiment with ``input_map`` (a ``raw`` backbone's cache) also carries the map itself, for
+methods whose network reads the image (STFPM's student): the map is resized the way the
+backbone resized it for the teacher, to ``r`` times the descriptor grid (``r = ceil(input_size
+/ grid)``), and folded onto the grid by pixel unshuffle, so each patch gets the ``c * r * r``
+pixels under it as extra channels after the teacher's (:func:`append_input_map`; lossless:
+``pixel_shuffle`` gives the resized map back). Every consumer (gates, folds, scoring) keeps
+seeing one ``(N, H, W, D)`` array; :attr:`DescriptorSource.layout` says which channels are which.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from hdmap_ad.errors import InputError
 from hdmap_ad.features.context import ContextConfig, apply_context, project_channels
 
 
@@ -38,6 +49,43 @@ def combine_layers(layer_maps: list[np.ndarray]) -> np.ndarray:
         up = F.interpolate(t, size=target, mode="bilinear", align_corners=False)
         parts.append(up.permute(0, 2, 3, 1).numpy())
     return np.ascontiguousarray(np.concatenate(parts, axis=-1), dtype=np.float32)
+
+
+def input_scale(input_size: int | None, grid: tuple[int, int], where: str) -> int:
+    """Pixels per grid cell along each side when the map is folded onto ``grid``:
+    ``ceil(input_size / grid)`` (the backbone's input side over the descriptor grid)."""
+    if input_size is None:
+        raise InputError(f"{where}: the teacher backbone keeps each map at its own size "
+                         "(resize: none); input_map needs a backbone with an input_size")
+    if grid[0] != grid[1]:
+        raise InputError(f"{where}: input_map needs a square descriptor grid, got {grid}")
+    return max(1, math.ceil(input_size / grid[0]))
+
+
+def append_input_map(desc: np.ndarray, maps: np.ndarray, scale: int,
+                     resize_mode: str) -> np.ndarray:
+    """``desc`` ``(N, H, W, D)`` with the maps folded on as ``c * scale**2`` more channels.
+
+    Args:
+        maps: ``(N, h, w, c)`` float32 (the raw backbone's cache: the map's own values).
+        scale: pixels per grid cell along each side (:func:`input_scale`).
+        resize_mode: the teacher backbone's ``resize`` (``bilinear`` | ``nearest`` |
+            ``aspect-pad``), applied to the side ``scale * H``.
+
+    Returns:
+        ``(N, H, W, D + c * scale**2)`` float32: channel ``D + k * scale**2 + i * scale + j``
+        is pixel ``(i, j)`` of cell ``(y, x)`` in map channel ``k`` (torch ``pixel_unshuffle``).
+    """
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    from hdmap_ad.features.preprocess import resize
+
+    n, h, w, _ = desc.shape
+    x = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32)).permute(0, 3, 1, 2)
+    x = resize(x, scale * h, resize_mode)
+    folded = F.pixel_unshuffle(x, scale).permute(0, 2, 3, 1).numpy()
+    return np.ascontiguousarray(np.concatenate([desc, folded], axis=-1), dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -72,6 +120,8 @@ class DescriptorSource:
         descriptor: projection / context applied after combining the layers.
         where: params key for error messages (``experiments.<key>``).
         stream: read rows from the files per call instead of all at once.
+        input_path: the ``raw`` backbone cache of the same maps (``input_map``): the map is
+            folded onto the grid after the teacher's channels (:func:`append_input_map`).
     """
 
     def __init__(
@@ -81,6 +131,7 @@ class DescriptorSource:
         descriptor: DescriptorConfig | None = None,
         where: str = "descriptor",
         stream: bool = False,
+        input_path: str | None = None,
     ) -> None:
         from hdmap_ad.features.cache import FeatureReader
 
@@ -88,6 +139,12 @@ class DescriptorSource:
         ids = list(self.image_ids)
         # only the requested rows are ever decoded (never the whole cache file)
         readers = [FeatureReader(p) for p in feature_paths]
+        self.n_layers = len(readers)
+        if input_path is not None:
+            readers.append(FeatureReader(input_path))
+        self.layout = descriptor_layout([r.metadata for r in readers[: self.n_layers]],
+                                        readers[-1].metadata if input_path else None,
+                                        descriptor or DescriptorConfig(), where)
         self.readers: list[FeatureReader] = []
         self.layers: list[np.ndarray] = []
         if stream:
@@ -109,5 +166,38 @@ class DescriptorSource:
             maps = [reader.rows(ids) for reader in self.readers]
         else:
             maps = [layer[positions] for layer in self.layers]
-        combined = combine_layers(maps)
-        return self.descriptor.apply(combined, self.where)
+        combined = combine_layers(maps[: self.n_layers])
+        desc = self.descriptor.apply(combined, self.where)
+        if self.layout["input"] is None:
+            return desc
+        return append_input_map(desc, maps[-1], self.layout["input"]["scale"],
+                                self.layout["teacher"]["resize"])
+
+
+def descriptor_layout(layer_metas: list[dict[str, Any]], input_meta: dict[str, Any] | None,
+                      descriptor: DescriptorConfig, where: str) -> dict[str, Any]:
+    """Which channels of an experiment's descriptors are what (JSON-ready), from the cache
+    metadata: ``teacher`` (the backbone: model, input size, resize, mean, std, patch pool),
+    ``layers`` (name, channels, grid, in order), ``grid``, ``transformed`` (a projection or
+    context changed the layers' channels) and ``input`` (``channels``, ``scale``, the folded
+    map's channel count and pixels per cell; None without ``input_map``)."""
+    first = layer_metas[0]
+    grid = max((int(m["grid"][0]), int(m["grid"][1])) for m in layer_metas)
+    input_part = None
+    if input_meta is not None:
+        if first.get("resize") not in ("bilinear", "nearest", "aspect-pad"):
+            raise InputError(f"{where}.input_map: the teacher backbone keeps each map at its own "
+                             "size (resize: none); input_map needs one with an input_size")
+        c = int(input_meta["channels"])
+        input_part = {"backbone": input_meta.get("backbone"), "layer": input_meta.get("layer"),
+                      "channels": c, "scale": input_scale(first.get("input_size"), grid,
+                                                          f"{where}.input_map")}
+    return {
+        "teacher": {k: first.get(k) for k in ("backbone", "model", "input_size", "resize",
+                                              "mean", "std", "patch_pool")},
+        "layers": [{"name": m["layer"], "channels": int(m["channels"]),
+                    "grid": [int(g) for g in m["grid"]]} for m in layer_metas],
+        "grid": list(grid),
+        "transformed": descriptor.project_dim is not None or descriptor.context.enabled,
+        "input": input_part,
+    }

@@ -16,7 +16,8 @@ set ``input_size`` and ``resize: aspect-pad`` (the map scaled to fit an ``S x S`
 kept, zero padding). ``nearest`` and ``bilinear`` stretch a non-square map to the square.
 
 Channels: the preprocessed input repeats a single-channel map three times; ``map`` is channel 0
-(the map itself; for an RGB image, its red channel).
+(the map itself; for an RGB image, its red channel) and ``rgb`` all three (an RGB image's
+colours; three copies of a single-channel map).
 
 Example:
     >>> from hdmap_ad.specs import BackboneConfig
@@ -35,16 +36,19 @@ from torch import nn
 from hdmap_ad.specs import RAW_MODEL
 
 LAYER = "map"
+#: layer name -> channels of the input it keeps
+LAYERS = {LAYER: 1, "rgb": 3}
 
 
 class RawMap(nn.Module):
-    """The identity "backbone": layer ``map`` = channel 0 of the ``(N, 3, H, W)`` input.
+    """The identity "backbone": layer ``map`` = channel 0 of the ``(N, 3, H, W)`` input,
+    layer ``rgb`` = its three channels.
 
     ``anchor`` is an empty, frozen parameter: the extractor asks a backbone for its device
     through its parameters, and the weights hash covers a (constant) state dict.
     """
 
-    feature_info = [{"module": LAYER, "num_chs": 1, "reduction": 1}]
+    feature_info = [{"module": name, "num_chs": c, "reduction": 1} for name, c in LAYERS.items()]
     pretrained_cfg = {"architecture": RAW_MODEL, "mean": (0.0, 0.0, 0.0),
                       "std": (1.0, 1.0, 1.0)}
 
@@ -55,10 +59,12 @@ class RawMap(nn.Module):
     def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] = (0,),
                               intermediates_only: bool = True,
                               stop_early: bool = True) -> list[torch.Tensor]:
-        """``[(N, 1, H, W)]``: the input's channel 0, once per requested index (only 0)."""
-        if list(indices) != [0]:
-            raise ValueError(f"{RAW_MODEL}: one layer ({LAYER!r}, index 0), got {indices}")
-        return [x[:, :1]]
+        """Per requested index: ``(N, 1, H, W)`` (0, ``map``) or ``(N, 3, H, W)`` (1, ``rgb``)."""
+        chans = list(LAYERS.values())
+        if any(not 0 <= i < len(chans) for i in indices):
+            raise ValueError(f"{RAW_MODEL}: layers {list(LAYERS)} (indices 0..{len(chans) - 1}), "
+                             f"got {indices}")
+        return [x[:, : chans[i]] for i in indices]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, :1]

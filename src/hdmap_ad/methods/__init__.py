@@ -21,6 +21,7 @@ from hdmap_ad.methods.image_baselines import KnnImage, MahalanobisImage
 from hdmap_ad.methods.padim import PaDiM
 from hdmap_ad.methods.patchcore import PatchCore
 from hdmap_ad.methods.spade import Spade
+from hdmap_ad.methods.stfpm import STFPM
 from hdmap_ad.methods.supersimplenet import SuperSimpleNet
 from hdmap_ad.methods.unet_ae import UNetAE
 from hdmap_ad.methods.vae import VAE
@@ -38,6 +39,7 @@ _REGISTERED: tuple[Method, ...] = (
     VAE(),
     FastFlow(),
     SuperSimpleNet(),
+    STFPM(),
 )
 
 METHODS: dict[str, Method] = {m.name: m for m in _REGISTERED}

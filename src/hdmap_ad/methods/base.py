@@ -46,6 +46,9 @@ class FitContext:
     ``ref_ids``: ``image_id`` of each reference map, aligned with the descriptors.
     ``progress``: show progress of a long fit on stderr (the fit step's own model; never the
     reference folds).
+    ``layout``: what the descriptor channels are (``DescriptorSource.layout``: the teacher
+    backbone, its layers and grid, the folded input map); fits only (a method that needs it
+    at reload stores what it used in its state's description).
     """
 
     seed: int = 0
@@ -53,6 +56,7 @@ class FitContext:
     where: str = "method"
     ref_ids: tuple[str, ...] = ()
     progress: bool = False  # long fits show progress on stderr (the step's log)
+    layout: dict[str, Any] | None = None
 
 
 class FittedModel(ABC):
@@ -88,6 +92,9 @@ class Method(ABC):
         localizes: patch scores locate anomalies (False: the image score is broadcast to
             every patch, and pixel metrics are not reported).
         summary: one line for the README's method table.
+        reads_map: the method's network reads the map itself besides the cached features
+            (STFPM's student): its experiments need ``input_map`` (a ``raw`` backbone whose
+            cache is folded onto the descriptor grid), and fits get ``FitContext.layout``.
     """
 
     name: ClassVar[str]
@@ -95,6 +102,7 @@ class Method(ABC):
     per_position: ClassVar[bool] = False
     localizes: ClassVar[bool] = True
     summary: ClassVar[str] = ""
+    reads_map: ClassVar[bool] = False
 
     @abstractmethod
     def fit(self, desc: np.ndarray, options: Any, ctx: FitContext) -> FittedModel:

@@ -115,11 +115,13 @@ def _mean_loss(module: Any, loss_fn: Callable[[Any, Any], Any], x: Any,
 
 def train(module: Any, loss_fn: Callable[[Any, Any], Any], data: Any, options: TrainOptions,
           seed: int, progress: bool = False, desc: str = "train",
-          where: str = "method") -> TrainResult:
+          where: str = "method",
+          make_optimizer: Callable[[Any], Any] | None = None) -> TrainResult:
     """Train ``module`` on ``data`` (``(N, ...)`` tensor of one sub-model's references).
 
     ``loss_fn(module, batch) -> scalar tensor`` (mean over the batch). Adam on
-    ``options.lr``/``weight_decay``; each epoch visits the training references in a seeded
+    ``options.lr``/``weight_decay`` unless ``make_optimizer(parameters)`` gives another
+    optimiser; each epoch visits the training references in a seeded
     order. The module is left holding the kept weights (the best validation epoch, or the
     last without validation).
 
@@ -134,8 +136,9 @@ def train(module: Any, loss_fn: Callable[[Any, Any], Any], data: Any, options: T
     n = len(data)
     tr, va = split_references(n, options.val_fraction, seed)
     x_tr, x_va = data[torch.from_numpy(tr)], data[torch.from_numpy(va)]
-    opt = torch.optim.Adam(module.parameters(), lr=options.lr,
-                           weight_decay=options.weight_decay)
+    opt = (make_optimizer(module.parameters()) if make_optimizer is not None else
+           torch.optim.Adam(module.parameters(), lr=options.lr,
+                            weight_decay=options.weight_decay))
     best_state = copy.deepcopy(module.state_dict())
     best_val, best_epoch, val_loss, train_loss = math.inf, 0, None, math.nan
     since_best, epoch = 0, 0
@@ -260,9 +263,20 @@ class TrainedModel(FittedModel):
 
 class TrainedMethod(Method):
     """A method that trains a network per sub-model: subclasses give :meth:`build`,
-    :meth:`loss` and ``model_class``; fitting and reloading are shared."""
+    :meth:`loss` and ``model_class``; fitting and reloading are shared.
+
+    ``standardise``: the network sees channels standardised with the references' statistics
+    (False: the descriptors as they are; the stored statistics are then 0 and 1).
+    """
 
     model_class: ClassVar[type[TrainedModel]]
+    standardise: ClassVar[bool] = True
+
+    def optimizer(self, parameters: Any, options: Any) -> Any:
+        """The training optimiser (default: Adam on ``lr`` / ``weight_decay``)."""
+        import torch
+
+        return torch.optim.Adam(parameters, lr=options.lr, weight_decay=options.weight_decay)
 
     @abstractmethod
     def build(self, channels: int, options: Any, ctx: FitContext) -> Any:
@@ -275,12 +289,19 @@ class TrainedMethod(Method):
     def fit(self, desc: np.ndarray, options: Any, ctx: FitContext) -> TrainedModel:
         desc = check_descriptors(desc, ctx.where)
         x = to_tensor(desc)
-        mean, std = channel_stats(x)
+        if self.standardise:
+            mean, std = channel_stats(x)
+        else:
+            import torch
+
+            mean = torch.zeros((1, x.shape[1], 1, 1))
+            std = torch.ones((1, x.shape[1], 1, 1))
         with seeded(ctx.seed):
             module = self.build(desc.shape[-1], options, ctx)
             result = train(module, self.loss(options, ctx), (x - mean) / std, options,
                            ctx.seed, progress=ctx.progress, desc=f"{self.name} train",
-                           where=ctx.where)
+                           where=ctx.where,
+                           make_optimizer=lambda params: self.optimizer(params, options))
         return self.model_class(module, mean, std, options, result.history)
 
     def from_state(self, arrays: dict[str, Any], description: dict[str, Any], options: Any,

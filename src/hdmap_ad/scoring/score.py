@@ -186,12 +186,14 @@ def score_experiment(exp: ExperimentConfig, manifest_path: str, feature_paths: l
     test = scored_rows(manifest, refs, exp.references.protocol)
     models = load_models(model_dir, meta, exp, device)
     decisions = experiment_decisions(exp, test, fit)
+    layer_paths, input_path = exp.split_features(feature_paths)
     scores, patches, used = score_routed(
-        DescriptorSource(feature_paths, test.image_id.tolist(), exp.descriptor, where,
-                         stream=True),
+        DescriptorSource(layer_paths, test.image_id.tolist(), exp.descriptor, where,
+                         stream=True, input_path=input_path),
         decisions, models, progress=progress,
     )
-    ref_desc = DescriptorSource(feature_paths, ref_ids, exp.descriptor, where)()
+    ref_desc = DescriptorSource(layer_paths, ref_ids, exp.descriptor, where,
+                                input_path=input_path)()
     ok, cv_scores, cv_patches, cv_dec, cv_used = reference_cv_scores(
         refs, ref_desc, exp, fit, load_fold_models(model_dir, meta, exp, device))
     write_scores(
