@@ -65,10 +65,11 @@ def teacher_setup():
 
     probe = extract_batch(teacher, preprocess(_maps(1), cfg, mean, std), LAYERS, 3)
     metas = [{"backbone": "t", "model": cfg.model, "layer": la,
-              "channels": probe[la].shape[-1], "grid": list(probe[la].shape[1:3]),
+              "feature_shape": list(probe[la].shape[1:]),
               "input_size": SIDE, "resize": "bilinear", "mean": list(mean), "std": list(std),
               "patch_pool": 3} for la in LAYERS]
-    layout = descriptor_layout(metas, {"channels": 1, "backbone": "raw", "layer": "map"},
+    layout = descriptor_layout(metas, {"feature_shape": [31, 95, 1], "backbone": "raw",
+                                       "layer": "map"},
                                DescriptorConfig(), "experiments.e")
     refs = describe(_maps(16, seed=1))
     test = describe(np.concatenate([_maps(4, seed=2), _maps(2, band=True, seed=3)]))

@@ -434,9 +434,12 @@ class Inspector:
         from hdmap_ad.features.descriptors import DescriptorSource
 
         exp = self.experiment
-        features = self.run.work / "features" / f"domain_{self.target.domain}" / exp.backbone
-        paths = [str(features / f"{layer}.parquet") for layer in exp.layers]
-        return DescriptorSource(paths, [image_id], exp.descriptor, f"experiments.{exp.key}")()
+        domain = self.run.work / "features" / f"domain_{self.target.domain}"
+        paths = [str(domain / exp.backbone / f"{layer}.parquet") for layer in exp.layers]
+        # input_map names a raw backbone with one layer: its one cache file
+        inputs = sorted((domain / exp.input_map).glob("*.parquet")) if exp.input_map else []
+        return DescriptorSource(paths, [image_id], exp.descriptor, f"experiments.{exp.key}",
+                                input_path=str(inputs[0]) if inputs else None)()
 
     def upload(self, path: str) -> tuple[MapView, np.ndarray]:
         """Score an uploaded map file (read, extracted and scored as ``predict`` does);

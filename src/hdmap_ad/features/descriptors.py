@@ -182,21 +182,22 @@ def descriptor_layout(layer_metas: list[dict[str, Any]], input_meta: dict[str, A
     context changed the layers' channels) and ``input`` (``channels``, ``scale``, the folded
     map's channel count and pixels per cell; None without ``input_map``)."""
     first = layer_metas[0]
-    grid = max((int(m["grid"][0]), int(m["grid"][1])) for m in layer_metas)
+    shapes = [[int(v) for v in m["feature_shape"]] for m in layer_metas]  # (gh, gw, C)
+    grid = max((sh[0], sh[1]) for sh in shapes)
     input_part = None
     if input_meta is not None:
         if first.get("resize") not in ("bilinear", "nearest", "aspect-pad"):
             raise InputError(f"{where}.input_map: the teacher backbone keeps each map at its own "
                              "size (resize: none); input_map needs one with an input_size")
-        c = int(input_meta["channels"])
+        c = int(input_meta["feature_shape"][2])
         input_part = {"backbone": input_meta.get("backbone"), "layer": input_meta.get("layer"),
                       "channels": c, "scale": input_scale(first.get("input_size"), grid,
                                                           f"{where}.input_map")}
     return {
         "teacher": {k: first.get(k) for k in ("backbone", "model", "input_size", "resize",
                                               "mean", "std", "patch_pool")},
-        "layers": [{"name": m["layer"], "channels": int(m["channels"]),
-                    "grid": [int(g) for g in m["grid"]]} for m in layer_metas],
+        "layers": [{"name": m.get("layer"), "channels": sh[2], "grid": sh[:2]}
+                   for m, sh in zip(layer_metas, shapes, strict=True)],
         "grid": list(grid),
         "transformed": descriptor.project_dim is not None or descriptor.context.enabled,
         "input": input_part,
