@@ -172,7 +172,10 @@ TINY_AE = {
         f"stfpm_{gate}": {
             "backbone": "lite2", "layers": ["blocks.1", "blocks.2"], "input_map": "raw",
             "references": {"protocol": "test_good_holdout", "n_cold": 2, "n_warm": 2},
-            "gate": gate, "method": {"name": "stfpm", "epochs": 3, "batch_size": 2}}
+            "gate": gate, "method": {"name": "stfpm", "epochs": 3, "batch_size": 2},
+            # reference folds (a student each) on the mixed run only: the gated runs' folds
+            # take the same path as every other trained method's
+            "deploy_folds": 2 if gate == "mixed" else 0}
         for gate in ("mixed", "p90", "oracle")},
     "targets": {"experiments": ["ae_raw"]},
 }
