@@ -104,8 +104,8 @@ def weights_package_version(backbone):
 
 
 #: Aggregates that every re-run makes outdated until they are rebuilt.
-AGGREGATES = ["results/metrics.json", "results/summary.md", "results/summary.csv",
-              "results/report.md"]
+REPORT = "results/report.md"
+AGGREGATES = ["results/metrics.json", "results/summary.md", "results/summary.csv", REPORT]
 
 
 def domain_outdates(wildcards):
@@ -117,10 +117,14 @@ def domain_outdates(wildcards):
 
 def experiment_outdates(wildcards):
     """What a re-run of an experiment's fit or score replaces: its result, the summaries of
-    sweeps over it, the aggregates."""
+    sweeps over it, the report, and the metrics/summary aggregates when they read it. A run
+    that only a hypothesis reads (a reference-seed variant) leaves those aggregates alone:
+    the DAG may have rebuilt them already, and nothing would rebuild them again."""
     d, e = wildcards.domain, wildcards.experiment
     sweeps = [s for s, vs in sorted(PARAMS.sweeps.items()) if e in {v.key for v in vs}]
-    return [result_path(d, e), *(result_path(d, s) for s in sweeps), *AGGREGATES]
+    aggregated = any(t["domain"] == d and t["variant"] == e for t in target_entries())
+    return [result_path(d, e), *(result_path(d, s) for s in sweeps),
+            *(AGGREGATES if aggregated else [REPORT])]
 
 
 def manifest_path(wildcards):
