@@ -20,7 +20,7 @@ grid. It is initialised from the experiment seed.
 Loss (as anomalib 2.7 ``models/image/stfpm``): per layer, teacher and student features are
 L2-normalised over channels and ``0.5 * |t - s|^2`` is averaged over positions; layers are
 summed. anomalib sums the loss over the batch and trains with SGD (lr 0.4, momentum 0.9,
-weight decay 1e-4); here the loss is the batch mean and the step is taken with
+weight decay 1e-3; the paper 1e-4); here the loss is the batch mean and the step is taken with
 ``lr * batch_size`` and ``weight_decay / batch_size``, which is the same update on full
 batches. Positions are those of the descriptor grid (coarser layers upsampled), where anomalib
 averages each layer on its own grid.
@@ -52,8 +52,8 @@ class STFPMOptions(TrainOptions):
         "min": 1, "doc": "maps per optimisation step (anomalib: 32)"})
     lr: float = field(default=0.4, metadata={
         "gt": 0.0, "doc": "SGD learning rate for the batch-summed loss (anomalib: 0.4)"})
-    weight_decay: float = field(default=1e-4, metadata={
-        "min": 0.0, "doc": "SGD weight decay (anomalib: 1e-4)"})
+    weight_decay: float = field(default=1e-3, metadata={
+        "min": 0.0, "doc": "SGD weight decay (anomalib: 1e-3; the paper: 1e-4)"})
     momentum: float = field(default=0.9, metadata={
         "min": 0.0, "max": 1.0, "doc": "SGD momentum (anomalib: 0.9)"})
     combine: str = field(default="product", metadata={
