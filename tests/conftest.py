@@ -49,7 +49,8 @@ def write_map_items(folder: Path, maps: np.ndarray) -> list[tuple[str, str]]:
 #: for the benchmark's full settings). Every registered trained method needs an entry.
 QUICK_METHOD_OPTIONS: dict[str, dict] = {
     "ae": {"epochs": 8, "hidden": 8, "latent": 8},
-    "fastflow": {"epochs": 5, "flow_steps": 2},
+    # the contract runs on bare descriptors (no layer layout): the joint flow
+    "fastflow": {"epochs": 5, "flow_steps": 2, "flows": "joint"},
     "supersimplenet": {"epochs": 10, "batch_size": 2, "lr": 5e-3, "noise_std": 3.0,
                        "seg_hidden": 32, "cls_hidden": 16},
     "unet_ae": {"epochs": 8, "hidden": 8, "latent": 8},

@@ -23,7 +23,8 @@ def _bench(out: Path, *args: str) -> dict:
     # exit 1: a target missed (the outputs are written first); at 1 epoch and 64 px it may
     assert proc.returncode == 0 or (proc.returncode == 1 and "targets missed" in proc.stdout), (
         proc.stdout[-2000:] + proc.stderr[-3000:])
-    assert (out / "trained_vs_anomalib.md").read_text().count("| fastflow (pipeline") == 1
+    md = (out / "trained_vs_anomalib.md").read_text()
+    assert md.count("| fastflow (default flows: per_layer") == 1
     return json.loads((out / "trained_vs_anomalib.json").read_text())
 
 
@@ -35,7 +36,7 @@ def test_quick_our_side_writes_every_row_with_finite_aurocs(tmp_path):
     assert ds["data"]["n_references"] == 32 and ds["data"]["n_scored"] == 24
     assert set(ds["our_extraction_s"]) == {"teacher", "raw"}
     rows = {row["run"]: row for row in ds["rows"]}
-    assert set(rows) == {"fastflow", "fastflow_per_layer", "stfpm", "supersimplenet"}
+    assert set(rows) == {"fastflow", "fastflow_joint", "stfpm", "supersimplenet"}
     for run, row in rows.items():
         assert row["anomalib"] is None and row["met"] == {}
         assert row["anomalib_missing"] == "skipped: --no-anomalib"
@@ -48,9 +49,14 @@ def test_quick_our_side_writes_every_row_with_finite_aurocs(tmp_path):
         for key in ("train_per_epoch_s", "train_total_s", "score_s", "train_peak_rss_mb"):
             assert o[key] > 0, (run, key)
     assert rows["fastflow"]["ours"] is not None and rows["supersimplenet"]["ours"] is not None
-    assert rows["fastflow"]["ours"]["descriptor_shapes"] == [[16, 16, 24 + 48 + 120]]
-    assert [s[-1] for s in rows["fastflow_per_layer"]["ours"]["descriptor_shapes"]] == [
-        24, 48, 120]
+    # both layouts read one descriptor grid; per_layer (the default) projects each layer back
+    # to its own grid, joint is one flow on it
+    for run, flows in (("fastflow", "per_layer"), ("fastflow_joint", "joint")):
+        assert rows[run]["ours"]["descriptor_shapes"] == [[16, 16, 24 + 48 + 120]]
+        assert rows[run]["ours"]["options"]["flows"] == flows
+    layers = rows["fastflow"]["ours"]["model"]["flows"]["layers"]
+    assert [(la["channels"], la["grid"]) for la in layers] == [
+        (24, [16, 16]), (48, [8, 8]), (120, [4, 4])]
     assert rows["supersimplenet"]["ours"]["descriptor_shapes"] == [[8, 8, 48 + 120]]
 
 
@@ -65,7 +71,7 @@ def test_quick_anomalib_fastflow_loads_our_weights_and_meets_the_table(tmp_path)
     assert math.isfinite(a["auroc"]) and a["epochs_run"] == 1
     assert 0 < a["extraction_share_of_epoch"] < 1
     assert set(rows["fastflow"]["met"]) == {"auroc", "train_per_epoch"}
-    assert rows["fastflow_per_layer"]["targets_apply"] is False
+    assert rows["fastflow_joint"]["targets_apply"] is False
 
 
 def test_ae_verdicts_pick_the_best_training_free_method_per_domain():

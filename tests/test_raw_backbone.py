@@ -164,7 +164,9 @@ TINY_AE = {
             # every other trained method through the DAG, under a gate each
             ("unet_raw_oracle", "raw", ["map"], "oracle", "unet_ae", {"hidden": 4, "latent": 4}),
             ("vae_raw_p90", "raw", ["map"], "p90", "vae", {"hidden": 4, "latent": 4}),
-            ("ff_lite2_p90", "lite2", ["blocks.2"], "p90", "fastflow", {"flow_steps": 2}),
+            # two layers on two grids: the default per-layer flows
+            ("ff_lite2_p90", "lite2", ["blocks.1", "blocks.2"], "p90", "fastflow",
+             {"flow_steps": 2}),
             ("ssn_lite2_oracle", "lite2", ["blocks.2"], "oracle", "supersimplenet",
              {"seg_hidden": 16, "cls_hidden": 8}),
         )

@@ -149,6 +149,13 @@ class ExperimentConfig:
         if cfg.method.method.reads_map and cfg.input_map is None:
             raise InputError(f"{where}.input_map: method {cfg.method.name} reads the map itself; "
                              "name a raw backbone here (model: raw, layers: [map] or [rgb])")
+        why = cfg.method.method.needs_layer_channels(cfg.method.options)
+        changed = [k for k, on in (("project_dim", cfg.project_dim is not None),
+                                   ("context", cfg.context.enabled),
+                                   ("input_map", cfg.input_map is not None)) if on]
+        if why and changed:
+            raise InputError(f"{where}.{changed[0]}: method {cfg.method.name} ({why}) needs "
+                             f"each layer's own channels, which {changed[0]} changes")
         return cfg
 
     def to_dict(self) -> dict[str, Any]:

@@ -117,6 +117,11 @@ class Method(ABC):
         """Fewest reference maps a sub-model can be fit on."""
         return 1
 
+    def needs_layer_channels(self, options: Any) -> str | None:
+        """Why these options need each layer's own channels in the descriptors (no
+        projection, context or input map; checked when params are read), or None."""
+        return None
+
 
 def check_descriptors(desc: np.ndarray, where: str) -> np.ndarray:
     """``desc`` as a C-contiguous float32 ``(N, H, W, D)`` array with N >= 1 and finite values."""
