@@ -46,8 +46,12 @@ bench-methods: install $(ANOMALIB_VENV)/.installed
 
 # FastFlow, STFPM, SuperSimpleNet vs anomalib's (training on the cache vs re-extracting), then
 # the autoencoders vs the training-free methods through the pipeline (about 2 h on 2 cores).
+# BENCH_JOBS: configurations run side by side (one single-threaded process each; at most the
+# machine's cores), e.g. `make bench-trained BENCH_JOBS=2`
+BENCH_JOBS ?= 1
 bench-trained: install $(ANOMALIB_VENV)/.installed
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks/trained_vs_anomalib.py
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks/trained_vs_anomalib.py \
+	  --jobs "$(BENCH_JOBS)"
 
 bench-coreset: install $(ANOMALIB_VENV)/.installed
 	$(BIN)/python benchmarks/coreset_scale.py
