@@ -248,8 +248,10 @@ def supersimplenet_loss(module: Any, batch: Any, options: SuperSimpleNetOptions,
 
     b, d, h, w = batch.shape
     adapted = module.adaptor(batch)
-    masks = anomaly_masks(2 * b, h, w, options.perlin_threshold, generator)
-    noise = torch.randn((2 * b, d, h, w), generator=generator) * options.noise_std * masks
+    # drawn on the CPU from the step's generator (the same anomalies on every device)
+    masks = anomaly_masks(2 * b, h, w, options.perlin_threshold, generator).to(batch.device)
+    noise = torch.randn((2 * b, d, h, w), generator=generator).to(batch.device) * (
+        options.noise_std * masks)
     x2, a2 = torch.cat((batch, batch)), torch.cat((adapted, adapted)) + noise
     if options.cls_features == "raw":
         x2 = x2 + noise
@@ -270,7 +272,7 @@ def make_loss(seed: int, options: SuperSimpleNetOptions) -> Callable[[Any, Any],
             step[0] += 1
             gen = _generator(seed, 1, step[0])
         else:
-            crc = zlib.crc32(np.ascontiguousarray(batch.detach().numpy()).tobytes())
+            crc = zlib.crc32(np.ascontiguousarray(batch.detach().cpu().numpy()).tobytes())
             gen = _generator(seed, 2, crc)
         return supersimplenet_loss(module, batch, options, gen)
 

@@ -70,18 +70,25 @@ def split_references(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray
 
 
 @contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
+def seeded(seed: int, device: str = "cpu") -> Iterator[None]:
     """Deterministic torch for the block: ``manual_seed(seed)`` and deterministic algorithms
-    (restored afterwards)."""
+    (restored afterwards). On CUDA some ops used in training (bilinear upsampling's backward)
+    have no deterministic kernel: there the flag only warns, and CUDA training is not
+    bit-reproducible (CPU training is)."""
+    import os
+
     import torch
 
     was = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
+    was_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    if device != "cpu":  # cuBLAS needs a fixed workspace for deterministic matmuls
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=device != "cpu")
     torch.manual_seed(seed)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(was)
+        torch.use_deterministic_algorithms(was, warn_only=was_warn)
 
 
 def to_tensor(desc: np.ndarray) -> Any:
@@ -135,7 +142,8 @@ def train(module: Any, loss_fn: Callable[[Any, Any], Any], data: Any, options: T
 
     n = len(data)
     tr, va = split_references(n, options.val_fraction, seed)
-    x_tr, x_va = data[torch.from_numpy(tr)], data[torch.from_numpy(va)]
+    x_tr, x_va = data[torch.from_numpy(tr).to(data.device)], data[
+        torch.from_numpy(va).to(data.device)]
     opt = (make_optimizer(module.parameters()) if make_optimizer is not None else
            torch.optim.Adam(module.parameters(), lr=options.lr,
                             weight_decay=options.weight_decay))
@@ -147,7 +155,8 @@ def train(module: Any, loss_fn: Callable[[Any, Any], Any], data: Any, options: T
                mininterval=2.0)
     for epoch in range(1, options.epochs + 1):
         module.train()
-        order = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(len(x_tr)))
+        order = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(
+            len(x_tr))).to(data.device)
         total = 0.0
         for start in range(0, len(order), options.batch_size):
             batch = x_tr[order[start : start + options.batch_size]]
@@ -219,8 +228,8 @@ def score_batches(fn: Callable[[Any], tuple[Any, Any]], desc: np.ndarray,
     with torch.no_grad():
         for start in range(0, len(desc), batch):
             im, pa = fn(to_tensor(desc[start : start + batch]))
-            images.append(im.float().numpy())
-            patches.append(pa.float().numpy())
+            images.append(im.float().cpu().numpy())
+            patches.append(pa.float().cpu().numpy())
     return (np.concatenate(images).astype(np.float32),
             np.concatenate(patches).astype(np.float32))
 
@@ -238,22 +247,25 @@ class TrainedModel(FittedModel):
     ``std``: ``(1, D, 1, 1)`` tensors), its options and its training history."""
 
     def __init__(self, module: Any, mean: Any, std: Any, options: Any,
-                 history: dict[str, Any]) -> None:
-        self.module = module
-        self.mean, self.std = mean, std
+                 history: dict[str, Any], device: str = "cpu") -> None:
+        self.module = module.to(device)
+        self.mean, self.std = mean.cpu(), std.cpu()  # stored on the CPU, used on device
         self.options = options
         self.history = history
+        self.device = device
 
     @abstractmethod
     def standardised_scores(self, x: Any) -> tuple[Any, Any]:
         """``(image (b,), patch (b, H, W))`` tensors for standardised ``x`` ``(b, D, H, W)``."""
 
     def score(self, desc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return score_batches(lambda x: self.standardised_scores((x - self.mean) / self.std),
-                             np.asarray(desc, dtype=np.float32))
+        mean, std = self.mean.to(self.device), self.std.to(self.device)
+        return score_batches(
+            lambda x: self.standardised_scores((x.to(self.device) - mean) / std),
+            np.asarray(desc, dtype=np.float32))
 
     def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        state = {f"module.{k}": v for k, v in self.module.state_dict().items()}
+        state = {f"module.{k}": v.cpu() for k, v in self.module.state_dict().items()}
         state["norm.mean"], state["norm.std"] = self.mean, self.std
         return state, {"channels": int(self.mean.shape[1]), "training": self.history}
 
@@ -296,13 +308,14 @@ class TrainedMethod(Method):
 
             mean = torch.zeros((1, x.shape[1], 1, 1))
             std = torch.ones((1, x.shape[1], 1, 1))
-        with seeded(ctx.seed):
-            module = self.build(desc.shape[-1], options, ctx)
-            result = train(module, self.loss(options, ctx), (x - mean) / std, options,
-                           ctx.seed, progress=ctx.progress, desc=f"{self.name} train",
-                           where=ctx.where,
+        with seeded(ctx.seed, ctx.device):
+            # built on the CPU (the same initialisation on every device), then moved
+            module = self.build(desc.shape[-1], options, ctx).to(ctx.device)
+            result = train(module, self.loss(options, ctx), ((x - mean) / std).to(ctx.device),
+                           options, ctx.seed, progress=ctx.progress,
+                           desc=f"{self.name} train", where=ctx.where,
                            make_optimizer=lambda params: self.optimizer(params, options))
-        return self.model_class(module, mean, std, options, result.history)
+        return self.model_class(module, mean, std, options, result.history, ctx.device)
 
     def from_state(self, arrays: dict[str, Any], description: dict[str, Any], options: Any,
                    ctx: FitContext) -> TrainedModel:
@@ -310,4 +323,4 @@ class TrainedMethod(Method):
         load_state(module, {k[len("module."):]: v for k, v in arrays.items()
                             if k.startswith("module.")}, ctx.where)
         return self.model_class(module, arrays["norm.mean"], arrays["norm.std"], options,
-                                description.get("training", {}))
+                                description.get("training", {}), ctx.device)
