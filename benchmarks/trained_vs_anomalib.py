@@ -660,7 +660,7 @@ def compare(name: str, ds: dict, work: Path, args, seeds: list[int]) -> dict:
 
     def run_task(task) -> tuple:
         run, seed, python, side, spec = task
-        print(f"[{name}] seed {seed}: {side} {run} ...", flush=True)
+        print(f"[{name}] seed {seed}: {side} {run} ...\n", end="", flush=True)  # one write
         return task, _run_side(python, side, spec, work, args.threads)
 
     # --jobs > 1: configurations run side by side (each in its own process and threads);
