@@ -153,46 +153,45 @@ def side_ours(spec: dict) -> dict:
 
     where = f"bench.{spec['run']}"
     cfg = MethodConfig.from_dict({"name": spec["method"], **spec["options"]}, where=where)
-    groups = [spec["feature_paths"]]
     out: dict = {"torch_threads": torch.get_num_threads(), "options": cfg.to_dict()}
 
+    def source(ids: list[str], stream: bool) -> DescriptorSource:
+        return DescriptorSource(spec["feature_paths"], ids, where=where, stream=stream,
+                                input_path=spec.get("input_path"))
+
     def read_refs():
-        sources = [DescriptorSource(paths, spec["ref_ids"], where=where, stream=False,
-                                    input_path=spec.get("input_path")) for paths in groups]
-        return [(s(), s.layout) for s in sources]
+        refs = source(spec["ref_ids"], stream=False)
+        return refs(), refs.layout
 
     held, read_t = _phase(lambda: {"refs": read_refs()})
 
     def fit():
-        return [cfg.method.fit(desc, cfg.options, _fit_context(spec["seed"], layout, where))
-                for desc, layout in held["refs"]]
+        desc, layout = held["refs"]
+        return cfg.method.fit(desc, cfg.options, _fit_context(spec["seed"], layout, where))
 
-    models, fit_t = _phase(fit)
-    out["descriptor_shapes"] = [list(d.shape[1:]) for d, _ in held["refs"]]
+    model, fit_t = _phase(fit)
+    out["descriptor_shapes"] = [list(held["refs"][0].shape[1:])]
     held.clear()  # the scoring phase's RSS without the references' descriptors
-    descriptions = [m.state()[1] for m in models]
+    description = model.state()[1]
 
     def score():
-        sources = [DescriptorSource(paths, spec["test_ids"], where=where, stream=True,
-                                    input_path=spec.get("input_path")) for paths in groups]
-        n, images = len(spec["test_ids"]), []
-        for s in range(0, n, SCORE_BATCH):
-            pos = np.arange(s, min(s + SCORE_BATCH, n))
-            images.append(models[0].score(sources[0](pos))[0])
-        return np.concatenate(images)
+        test = source(spec["test_ids"], stream=True)
+        n = len(spec["test_ids"])
+        return np.concatenate([model.score(test(np.arange(s, min(s + SCORE_BATCH, n))))[0]
+                               for s in range(0, n, SCORE_BATCH)])
 
     scores, score_t = _phase(score)
-    trainings = [d.get("training", {}) for d in descriptions]
-    seconds = sum(float(t.get("seconds", math.nan)) for t in trainings)
-    epochs = int(trainings[0].get("epochs_run", 0)) if trainings else 0
+    training = description.get("training", {})
+    seconds = float(training.get("seconds", math.nan))
+    epochs = int(training.get("epochs_run", 0))
     out.update({
         "read_refs": read_t, "fit": fit_t, "score": score_t, "scores": scores.tolist(),
         "training_seconds": seconds, "epochs_run": epochs,
         "per_epoch_s": seconds / epochs if epochs else None,
         "train_total": {"wall_s": read_t["wall_s"] + fit_t["wall_s"],
                         "peak_rss_mb": max(read_t["peak_rss_mb"], fit_t["peak_rss_mb"])},
-        "descriptions": [{k: v for k, v in d.items() if k != "training"} for d in descriptions],
-        "training": trainings,
+        "descriptions": [{k: v for k, v in description.items() if k != "training"}],
+        "training": [training],
     })
     return out
 

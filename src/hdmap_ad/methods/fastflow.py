@@ -219,6 +219,7 @@ def build_layer_flows(groups: dict[str, Any], options: FastFlowOptions) -> Any:
     class LayerFlows(nn.Module):
         def __init__(self) -> None:
             super().__init__()
+            self.groups = groups  # stored with the weights' description (FastFlowModel.state)
             self.splits = [la["channels"] for la in groups["layers"]]
             self.flows = nn.ModuleList(build_flow(c, options) for c in self.splits)
             gh, gw = groups["grid"]
@@ -269,27 +270,23 @@ def combine_layer_maps(maps: list[Any], grid: tuple[int, int]) -> Any:
     import torch
     from torch.nn import functional as F  # noqa: N812
 
-    shift = torch.stack([m.flatten(1).amin(dim=1) for m in maps]).amin(dim=0).double()
-    total = 0
-    for m in maps:
-        p = torch.exp(-(m.double() - shift[:, None, None]))[:, None]
-        if tuple(p.shape[-2:]) != tuple(grid):
-            p = F.interpolate(p, size=tuple(grid), mode="bilinear", align_corners=False)
-        total = total + p[:, 0]
-    mean = total / len(maps)
+    def on_grid(t: Any) -> Any:  # (B, h, w) -> (B, H, W), bilinear as anomalib
+        if tuple(t.shape[-2:]) == tuple(grid):
+            return t
+        return F.interpolate(t[:, None], size=tuple(grid), mode="bilinear",
+                             align_corners=False)[:, 0]
+
+    maps = [m.double() for m in maps]
+    shift = torch.stack([m.flatten(1).amin(dim=1) for m in maps]).amin(dim=0)[:, None, None]
+    mean = sum(on_grid(torch.exp(-(m - shift))) for m in maps) / len(maps)
     # a patch where every layer is > ~700 above the map's most normal one: exp underflows to
     # 0 even in float64; its score is then the layers' mean m (finite, and still the largest)
-    fallback = sum(F.interpolate(m.double()[:, None], size=tuple(grid), mode="bilinear",
-                                 align_corners=False)[:, 0] if tuple(m.shape[-2:]) != tuple(grid)
-                   else m.double() for m in maps) / len(maps)
-    return torch.where(mean > 0, shift[:, None, None] - torch.log(mean.clamp_min(1e-300)),
-                       fallback).float()
+    fallback = sum(on_grid(m) for m in maps) / len(maps)
+    return torch.where(mean > 0, shift - torch.log(mean.clamp_min(1e-300)), fallback).float()
 
 
 class FastFlowModel(TrainedModel):
     """A trained flow (``module``) with the references' channel statistics."""
-
-    groups: dict[str, Any] | None = None
 
     def standardised_scores(self, x: Any) -> tuple[Any, Any]:
         out = self.module(x)
@@ -302,8 +299,9 @@ class FastFlowModel(TrainedModel):
 
     def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
         arrays, description = super().state()
-        if self.groups is not None:
-            description["flows"] = self.groups
+        groups = getattr(self.module, "groups", None)  # flows: per_layer
+        if groups is not None:
+            description["flows"] = groups
         return arrays, description
 
 
@@ -327,12 +325,6 @@ class FastFlow(TrainedMethod):
         return "flows: per_layer; flows: joint reads any descriptor" if (
             options.flows == "per_layer") else None
 
-    def fit(self, desc: Any, options: FastFlowOptions, ctx: FitContext) -> FastFlowModel:
-        model = super().fit(desc, options, ctx)
-        if options.flows == "per_layer":
-            model.groups = flow_groups(ctx.layout, desc.shape[-1], ctx.where)
-        return model
-
     def from_state(self, arrays: dict[str, Any], description: dict[str, Any],
                    options: FastFlowOptions, ctx: FitContext) -> FastFlowModel:
         from dataclasses import replace
@@ -345,6 +337,4 @@ class FastFlow(TrainedMethod):
             layout = {"grid": groups["grid"], "layers": groups["layers"],
                       "transformed": False, "input": None}
             ctx = replace(ctx, layout=layout)
-        model = super().from_state(arrays, description, options, ctx)
-        model.groups = groups if options.flows == "per_layer" else None
-        return model
+        return super().from_state(arrays, description, options, ctx)
