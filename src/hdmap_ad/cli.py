@@ -76,7 +76,10 @@ def cmd_extract(args: argparse.Namespace) -> None:
 
 
 def _device(name: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; a missing GPU is an error."""
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; a missing GPU is an error.
+    ``cpu`` imports no torch: a training-free step on the CPU never needs it (seconds per job)."""
+    if name == "cpu":
+        return name
     import torch
 
     if name == "auto":

@@ -31,8 +31,6 @@ results are the same either way.
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
@@ -64,7 +62,10 @@ def anomaly_map(patch_scores: np.ndarray, size: tuple[int, int], sigma: float = 
     single = scores.ndim == 2
     batch = scores[None] if single else scores
     h, w = (int(s) for s in size)
-    t = torch.from_numpy(np.ascontiguousarray(batch))[:, None]  # (N, 1, gh, gw)
+    import torch  # here, not at the top: a metrics step without pixel masks needs no torch
+    import torch.nn.functional as F  # noqa: N812
+
+    t = torch.from_numpy(np.require(batch, requirements=["C", "W"]))[:, None]  # (N, 1, gh, gw)
     with torch.no_grad():
         up = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)
     out = up[:, 0].numpy()  # (N, H, W) float32
@@ -293,6 +294,9 @@ def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of a bool mask (identity when the shape already matches)."""
     if mask.shape == tuple(shape):
         return mask
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
     t = torch.from_numpy(mask.astype(np.float32))[None, None]
     return F.interpolate(t, size=tuple(int(x) for x in shape), mode="nearest-exact")[0, 0] \
         .numpy() > 0.5
