@@ -109,6 +109,7 @@ def build_student(spec: dict[str, Any]) -> Any:
     class Student(nn.Module):
         def __init__(self) -> None:
             super().__init__()
+            self.spec = spec  # stored with the weights' description (STFPMModel.state)
             self.net = create_model(cfg)
             self.indices = layer_indices(self.net, names, "stfpm student")
             self.register_buffer("mean", torch.tensor(spec["mean"]).view(1, 3, 1, 1))
@@ -133,12 +134,12 @@ def build_student(spec: dict[str, Any]) -> Any:
     return Student()
 
 
-def layer_distances(student: Any, x: Any, spec: dict[str, Any]) -> list[Any]:
+def layer_distances(student: Any, x: Any) -> list[Any]:
     """Per layer, ``0.5 * |t/|t| - s/|s||^2`` over channels: ``(B, H, W)`` each."""
     from torch.nn import functional as F  # noqa: N812
 
     out, start = [], 0
-    for (_, c), s in zip(spec["layers"], student(x), strict=True):
+    for (_, c), s in zip(student.spec["layers"], student(x), strict=True):
         t = x[:, start : start + c]
         start += c
         out.append(0.5 * ((F.normalize(t, dim=1) - F.normalize(s, dim=1)) ** 2).sum(dim=1))
@@ -146,12 +147,11 @@ def layer_distances(student: Any, x: Any, spec: dict[str, Any]) -> list[Any]:
 
 
 class STFPMModel(TrainedModel):
-    """A trained student with its spec (the teacher's architecture, layers and grid)."""
-
-    spec: dict[str, Any]
+    """A trained student; its module carries the spec (the teacher's architecture, layers and
+    grid)."""
 
     def standardised_scores(self, x: Any) -> tuple[Any, Any]:
-        dists = layer_distances(self.module, x, self.spec)
+        dists = layer_distances(self.module, x)
         patch = dists[0]
         for d in dists[1:]:
             patch = patch * d if self.options.combine == "product" else patch + d
@@ -159,7 +159,7 @@ class STFPMModel(TrainedModel):
 
     def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
         arrays, description = super().state()
-        description["student"] = self.spec
+        description["student"] = self.module.spec
         return arrays, description
 
 
@@ -182,10 +182,8 @@ class STFPM(TrainedMethod):
         return build_student(spec)
 
     def loss(self, options: STFPMOptions, ctx: FitContext) -> Callable[[Any, Any], Any]:
-        spec = student_spec(ctx.layout, ctx.where)
-
         def stfpm_loss(student: Any, batch: Any) -> Any:
-            return sum(d.mean(dim=(1, 2)) for d in layer_distances(student, batch, spec)).mean()
+            return sum(d.mean(dim=(1, 2)) for d in layer_distances(student, batch)).mean()
 
         return stfpm_loss
 
@@ -195,11 +193,6 @@ class STFPM(TrainedMethod):
         b = options.batch_size
         return torch.optim.SGD(parameters, lr=options.lr * b, momentum=options.momentum,
                                weight_decay=options.weight_decay / b)
-
-    def fit(self, desc: Any, options: STFPMOptions, ctx: FitContext) -> STFPMModel:
-        model = super().fit(desc, options, ctx)
-        model.spec = student_spec(ctx.layout, ctx.where)
-        return model
 
     def from_state(self, arrays: dict[str, Any], description: dict[str, Any],
                    options: STFPMOptions, ctx: FitContext) -> STFPMModel:
@@ -211,9 +204,7 @@ class STFPM(TrainedMethod):
                   "grid": spec["grid"], "transformed": False,
                   "layers": [{"name": n, "channels": c} for n, c in spec["layers"]],
                   "input": {"channels": spec["in_channels"], "scale": spec["scale"]}}
-        model = super().from_state(arrays, description, options, replace(ctx, layout=layout))
-        model.spec = spec
-        return model
+        return super().from_state(arrays, description, options, replace(ctx, layout=layout))
 
     def min_references(self, options: STFPMOptions) -> int:
         return 2  # batch normalisation in training needs two maps
