@@ -115,6 +115,9 @@ TRAINING_FREE = {"patchcore": {"coreset_ratio": 0.1, "num_neighbors": 9}, "dfm":
 TIE = 0.001  # |delta AUROC| at most this: a tie
 #: training seeds per dataset (AUROC target on the mean over seeds)
 DEFAULT_SEEDS = {"synthetic_C": [0, 1, 2], "mvtec_bottle": [0]}
+#: ... and where a method needs more: SuperSimpleNet on synthetic C is near chance on both
+#: sides with a seed-to-seed sd of 0.05-0.1, so three seeds cannot place a 0.02 margin
+MORE_SEEDS = {("synthetic_C", "supersimplenet"): [0, 1, 2, 3, 4]}
 
 
 def _phase(fn):
@@ -609,7 +612,7 @@ def _over_seeds(per_seed: dict[int, dict]) -> dict:
     return out
 
 
-def compare(name: str, ds: dict, work: Path, args, seeds: list[int]) -> dict:
+def compare(name: str, ds: dict, work: Path, args, seeds: dict[str, list[int]]) -> dict:
     """Both sides on one dataset, one process per configuration and seed; per seed and
     method, our runs then anomalib's (both meet the machine's other load alike)."""
     from sklearn.metrics import roc_auc_score
@@ -634,8 +637,8 @@ def compare(name: str, ds: dict, work: Path, args, seeds: list[int]) -> dict:
             ano_missing[method] = (f"not run: anomalib's Perlin generator needs a feature grid "
                                    f">= 32 (input >= 128 px), here {args.input_size // 4}")
     tasks = []  # (our run | anomalib's method, seed, python, side, spec)
-    for seed in seeds:
-        for method in methods:
+    for seed in sorted({s for m in methods for s in seeds[m]}):
+        for method in [m for m in methods if seed in seeds[m]]:
             for run in [r for r in (method, f"{method}_joint") if r in LAYERS_OF]:
                 if run in missing:
                     continue
@@ -703,7 +706,8 @@ def compare(name: str, ds: dict, work: Path, args, seeds: list[int]) -> dict:
                 "train_per_epoch": row["train_per_epoch_ratio"]
                 < TARGETS["train_per_epoch_ratio_max"]}
         rows.append(row)
-    return {"data": prep["data"], "seeds": seeds, "our_extraction_s": prep["extract_s"],
+    return {"data": prep["data"], "seeds": {m: seeds[m] for m in methods},
+            "our_extraction_s": prep["extract_s"],
             "rows": rows}
 
 
@@ -850,11 +854,14 @@ def markdown(result: dict) -> str:
             "epoch).", ""]
     for name, r in result["datasets"].items():
         d = r["data"]
-        seeds = r["seeds"]
+        seeds = r["seeds"] if isinstance(r["seeds"], dict) else {"all": r["seeds"]}
+        several = any(len(v) > 1 for v in seeds.values())
         lines += [f"#### {name}: {d['n_references']} references ({d['references']}), "
                   f"{d['n_scored']} scored maps ({d['n_anomalous']} anomalous); training "
-                  + (f"seeds {', '.join(map(str, seeds))}: AUROC mean (sd), times mean, peak RSS "
-                     "max over seeds" if len(seeds) > 1 else f"seed {seeds[0]}"), "",
+                  + "; ".join(f"{m} seed{'s' if len(v) > 1 else ''} {', '.join(map(str, v))}"
+                              for m, v in seeds.items())
+                  + (": AUROC mean (sd), times mean, peak RSS max over seeds" if several
+                     else ""), "",
                   "| method | AUROC ours / anomalib | train s/epoch ours / anomalib | "
                   "train total s ours / anomalib | score s ours / anomalib | "
                   "train peak RSS MB ours / anomalib | extraction/epoch saved s (share) | "
@@ -1025,7 +1032,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 work = keep / name if keep else Path(tmp) / "work"
                 work.mkdir(parents=True, exist_ok=True)
-                seeds = args.seeds if args.seeds is not None else DEFAULT_SEEDS[name]
+                seeds = {m: args.seeds if args.seeds is not None else
+                         MORE_SEEDS.get((name, m), DEFAULT_SEEDS[name]) for m in METHODS}
                 result["datasets"][name] = compare(name, ds, work, args, seeds)
             _write_partial(args.out_dir, result, t_start)
     if "ae" in args.parts:
