@@ -21,7 +21,8 @@ Modules (as the paper and anomalib 2.7's ``supersimplenet/torch_model.py``):
   raw`` (default) feeds the classification head the (noised) standardised descriptors,
   anomalib's default (the journal extension); ``adapted`` feeds it the adapted features, as the
   ICPR paper. On synthetic domain C at 30 epochs (``make bench-trained``'s setting) ``raw``
-  ranks better on average over training seeds (README, "Trained methods side by side").
+  ranks better on average over training seeds; on MVTec bottle (one seed) far worse (README,
+  "Trained methods side by side").
 
 Synthetic anomalies (training and validation only): each batch is duplicated; every copy
 gets a binarised Perlin-noise mask on the feature grid (gradient noise on the next
