@@ -854,7 +854,7 @@ def markdown(result: dict) -> str:
             "epoch).", ""]
     for name, r in result["datasets"].items():
         d = r["data"]
-        seeds = r["seeds"] if isinstance(r["seeds"], dict) else {"all": r["seeds"]}
+        seeds = r["seeds"]  # per method
         several = any(len(v) > 1 for v in seeds.values())
         lines += [f"#### {name}: {d['n_references']} references ({d['references']}), "
                   f"{d['n_scored']} scored maps ({d['n_anomalous']} anomalous); training "
