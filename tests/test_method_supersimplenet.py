@@ -113,6 +113,34 @@ def test_scores_shapes_and_image_score_option():
     assert not np.array_equal(image_max, image)
 
 
+def test_upscale_scores_anomalibs_finer_grid():
+    """``upscale: 2``: the heads run on the grid upsampled 2x and 3x3 average-pooled
+    (anomalib's ``UpscalingFeatureExtractor``; training reads it too), and patch scores come
+    back on the descriptors' grid as the mean of each 2x2 block."""
+    from torch.nn import functional as F  # noqa: N812
+
+    opts = SuperSimpleNetOptions(**{**TINY.__dict__, "upscale": 2})
+    assert "upscale" in fit_stage(opts)  # a training option: a change refits
+    model = SuperSimpleNet().fit(_refs(), opts, CTX)
+    query = _refs(n=3, seed=1)
+    image, patch = model.score(query)
+    assert image.shape == (3,) and patch.shape == (3, 4, 5)
+    with torch.no_grad():
+        fine, _ = model.module((torch.from_numpy(query).permute(0, 3, 1, 2) - model.mean)
+                               / model.std)
+    assert fine.shape == (3, 8, 10)
+    np.testing.assert_allclose(patch, fine.reshape(3, 4, 2, 5, 2).mean(dim=(2, 4)).numpy(),
+                               rtol=1e-5, atol=1e-6)
+    x = torch.randn(2, 4, 4, 5)
+    expect = F.avg_pool2d(F.interpolate(x, size=(8, 10), mode="bilinear"), 3, 1, 1)
+    torch.testing.assert_close(model.module.grid(x), expect)
+    # upscale 1 leaves the cached grid as it is
+    assert build_supersimplenet(4, TINY).grid(x) is x
+    # the synthetic anomalies are drawn on the heads' grid: the loss runs at upscale 2
+    loss = make_loss(0, opts)(build_supersimplenet(4, opts).train(), x)
+    assert torch.isfinite(loss)
+
+
 def test_checkpoint_of_another_architecture_is_a_named_error(tmp_path):
     method = METHODS["supersimplenet"]
     save_model(tmp_path, "mixed", method, TINY, method.fit(_refs(), TINY, CTX))

@@ -62,9 +62,13 @@ for the demo backbone's D = 168, near the paper's ``0.015 * sqrt(1536) = 0.59``.
 it is larger than anomalib's absolute 0.015 on effnet-lite2, whose channel standard deviations
 are 1.7 to 8.6 on synthetic C: 0.015 is 0.002 to 0.009 of them. 0.01 standardised changed
 the image AUROC by under 0.01 at 10 epochs there, within seed noise: a default to tune, not a
-measured equivalence); no
-upsampling or Gaussian smoothing of the map (the pipeline scores the patch grid); no
-supervised mode.
+measured equivalence); the
+heads run on the cached grid by default: ``upscale: 2`` runs them on anomalib's grid (the
+descriptors upsampled 2x, bilinear, then 3x3 average-pooled; 4x the patches, about 5x the
+time per epoch); patch scores are then the mean of each cached patch's
+``upscale x upscale`` block (the pipeline's patch grid is the descriptors'). On MVTec
+bottle (seed 0, 30 epochs) it raised the image AUROC from 0.526 to 0.744 (README, "Trained
+methods side by side"); no Gaussian smoothing of the map; no supervised mode.
 """
 
 from __future__ import annotations
@@ -108,6 +112,11 @@ class SuperSimpleNetOptions(TrainOptions):
         "enum": CLS_FEATURES, "doc": "classification head input besides the seg map: raw "
                                      "(noised) descriptors (anomalib's default, the journal "
                                      "extension) | adapted features (the ICPR paper)"})
+    upscale: int = field(default=1, metadata={
+        "min": 1, "max": 4, "doc": "the descriptor grid is upsampled (bilinear) by this "
+                                   "factor and then 3x3 average-pooled before the adaptor "
+                                   "(2: anomalib's and the paper's upscaled layer2 grid; "
+                                   "1: the cached grid as it is)"})
     image_score: str = field(default="cls", metadata={
         "stage": "score", "enum": IMAGE_SCORES,
         "doc": "image score: cls = classification head logit | max = largest patch logit"})
@@ -211,10 +220,23 @@ def build_supersimplenet(channels: int, options: SuperSimpleNetOptions) -> Any:
                                 stopped.amax(dim=(2, 3)), stopped.mean(dim=(2, 3))), dim=1)
             return seg[:, 0], self.cls_fc(pooled)[:, 0]
 
+        def grid(self, x: torch.Tensor) -> torch.Tensor:
+            """The heads' grid: ``x`` upsampled ``upscale`` times and 3x3 average-pooled
+            (anomalib's ``UpscalingFeatureExtractor``); ``x`` itself at ``upscale`` 1."""
+            if options.upscale == 1:
+                return x
+            from torch.nn import functional as F  # noqa: N812
+
+            h, w = x.shape[-2:]
+            up = F.interpolate(x, size=(h * options.upscale, w * options.upscale),
+                               mode="bilinear", align_corners=False)
+            return F.avg_pool2d(up, kernel_size=3, stride=1, padding=1)
+
         def cls_input(self, x: torch.Tensor, adapted: torch.Tensor) -> torch.Tensor:
             return x if options.cls_features == "raw" else adapted
 
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            x = self.grid(x)
             adapted = self.adaptor(x)
             return self.heads(adapted, self.cls_input(x, adapted))
 
@@ -248,6 +270,7 @@ def supersimplenet_loss(module: Any, batch: Any, options: SuperSimpleNetOptions,
     synthetic anomalies drawn from ``generator``."""
     import torch
 
+    batch = module.grid(batch)
     b, d, h, w = batch.shape
     adapted = module.adaptor(batch)
     # drawn on the CPU from the step's generator (the same anomalies on every device)
@@ -286,6 +309,10 @@ class SuperSimpleNetModel(TrainedModel):
 
     def standardised_scores(self, x: Any) -> tuple[Any, Any]:
         patch, image = self.module(x)
+        if patch.shape[-2:] != x.shape[-2:]:  # upscale > 1: block means on the cached grid
+            from torch.nn import functional as F  # noqa: N812
+
+            patch = F.adaptive_avg_pool2d(patch[:, None], x.shape[-2:])[:, 0]
         if self.options.image_score == "max":
             image = patch.flatten(1).amax(dim=1)
         return image, patch
