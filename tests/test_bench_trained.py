@@ -36,7 +36,12 @@ def test_quick_our_side_writes_every_row_with_finite_aurocs(tmp_path):
     assert ds["data"]["n_references"] == 32 and ds["data"]["n_scored"] == 24
     assert set(ds["our_extraction_s"]) == {"teacher", "raw"}
     rows = {row["run"]: row for row in ds["rows"]}
-    assert set(rows) == {"fastflow", "fastflow_joint", "stfpm", "supersimplenet"}
+    # SuperSimpleNet's image scores, each from the same trained model, in rows of their own
+    # without targets (our default max against anomalib's cls is the row with targets)
+    assert set(rows) == {"fastflow", "fastflow_joint", "stfpm", "supersimplenet",
+                         "supersimplenet:cls", "supersimplenet:max"}
+    assert not rows["supersimplenet:max"]["targets_apply"]
+    assert rows["supersimplenet"]["ours"]["options"]["image_score"] == "max"
     for run, row in rows.items():
         assert row["anomalib"] is None and row["met"] == {}
         assert row["anomalib_missing"] == "skipped: --no-anomalib"
@@ -58,6 +63,10 @@ def test_quick_our_side_writes_every_row_with_finite_aurocs(tmp_path):
     assert [(la["channels"], la["grid"]) for la in layers] == [
         (24, [16, 16]), (48, [8, 8]), (120, [4, 4])]
     assert rows["supersimplenet"]["ours"]["descriptor_shapes"] == [[8, 8, 48 + 120]]
+    main, cls, mx = (rows[r]["ours"] for r in ("supersimplenet", "supersimplenet:cls",
+                                               "supersimplenet:max"))
+    assert main["per_seed"]["0"]["fit_s"] == cls["per_seed"]["0"]["fit_s"]  # one training
+    assert main["auroc"] == mx["auroc"] != cls["auroc"]
 
 
 @pytest.mark.skipif(not ANOMALIB_PY.exists(),

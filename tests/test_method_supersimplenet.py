@@ -101,10 +101,12 @@ def test_validation_holds_out_references_only(n):
 def test_scores_shapes_and_image_score_option():
     refs = _refs()
     query = _refs(n=3, seed=1)
-    model = SuperSimpleNet().fit(refs, TINY, CTX)
+    as_cls = SuperSimpleNetOptions(**{**TINY.__dict__, "image_score": "cls"})
+    model = SuperSimpleNet().fit(refs, as_cls, CTX)
     image, patch = model.score(query)
     assert image.shape == (3,) and patch.shape == (3, 4, 5) and image.dtype == np.float32
     as_max = SuperSimpleNetOptions(**{**TINY.__dict__, "image_score": "max"})
+    assert TINY.image_score == "max"  # the default
     assert "image_score" not in fit_stage(as_max)  # score step only: no refit
     model.options = as_max
     image_max, patch_max = model.score(query)

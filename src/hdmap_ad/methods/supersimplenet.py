@@ -49,8 +49,13 @@ validation loss).
 
 Scores: patch score = the segmentation head's logit (the paper reports its sigmoid; the logit
 ranks identically and does not saturate to 1.0 in float32). Image score (``image_score``,
-score step only): ``cls`` = the classification head's logit (the paper's), ``max`` = the
-largest patch logit.
+score step only): ``max`` (default) = the largest patch logit, ``cls`` = the classification
+head's logit (the paper's and anomalib's). The default departs from the paper because it was
+measured to rank better: at ``make bench-trained``'s setting (30 epochs, 32 references) the
+same trained models scored image AUROC 0.727 (seed sd 0.05, seeds 0-4) with ``max`` against
+0.580 (sd 0.12) with ``cls`` on synthetic C, and 0.876 against 0.590 on MVTec bottle (seeds
+0-3). The classification head learns from synthetic feature noise only and ranks real
+anomalies worse than the map it reads.
 
 Differences from the paper / anomalib: Adam with one learning rate (default 2e-4, the
 paper's heads' rate; anomalib's AdamW gives the adaptor 1e-4) and one weight decay (1e-5, the
@@ -117,9 +122,10 @@ class SuperSimpleNetOptions(TrainOptions):
                                    "factor and then 3x3 average-pooled before the adaptor "
                                    "(2: anomalib's and the paper's upscaled layer2 grid; "
                                    "1: the cached grid as it is)"})
-    image_score: str = field(default="cls", metadata={
+    image_score: str = field(default="max", metadata={
         "stage": "score", "enum": IMAGE_SCORES,
-        "doc": "image score: cls = classification head logit | max = largest patch logit"})
+        "doc": "image score: max = largest patch logit (ranks better than cls on synthetic C "
+               "and MVTec bottle, README) | cls = classification head logit (the paper's)"})
 
 
 def _generator(*key: int) -> Any:
