@@ -52,8 +52,8 @@ QUICK_METHOD_OPTIONS: dict[str, dict] = {
     # the contract runs on bare descriptors (no layer layout): the joint flow
     "fastflow": {"epochs": 5, "flow_steps": 2, "flows": "joint"},
     "supersimplenet": {"epochs": 10, "batch_size": 2, "lr": 5e-3, "noise_std": 3.0,
-                       # noise_std 3 swamps the raw descriptors the default head reads; on the
-                       # adapted features it ranks the toy band first in 10 epochs
+                       # noise_std 3 swamps the raw descriptors a raw-fed classification head
+                       # reads (image_score cls); adapted keeps that head usable too
                        "cls_features": "adapted",
                        "seg_hidden": 32, "cls_hidden": 16},
     "unet_ae": {"epochs": 8, "hidden": 8, "latent": 8},

@@ -20,9 +20,9 @@ Modules (as the paper and anomalib 2.7's ``supersimplenet/torch_model.py``):
   head detached (the paper's stop-gradient of the unsupervised setting). ``cls_features:
   raw`` (default) feeds the classification head the (noised) standardised descriptors,
   anomalib's default (the journal extension); ``adapted`` feeds it the adapted features, as the
-  ICPR paper. On synthetic domain C at 30 epochs (``make bench-trained``'s setting) ``raw``
-  ranks better on average over training seeds; on MVTec bottle (one seed) far worse (README,
-  "Trained methods side by side").
+  ICPR paper. It matters for ``image_score: cls`` only: on synthetic domain C at 30 epochs
+  (``make bench-trained``'s setting) ``raw`` ranked better on average over training seeds, on
+  MVTec bottle (one seed) far worse (README, "Trained methods side by side").
 
 Synthetic anomalies (training and validation only): each batch is duplicated; every copy
 gets a binarised Perlin-noise mask on the feature grid (gradient noise on the next
@@ -330,7 +330,8 @@ class SuperSimpleNet(TrainedMethod):
     model_class = SuperSimpleNetModel
     summary = ("SuperSimpleNet (Rolih et al. 2024), unsupervised: feature adaptor + "
                "segmentation / classification heads trained to find Gaussian-noise anomalies "
-               "in Perlin masks on the reference descriptors; patch score = seg logit")
+               "in Perlin masks on the reference descriptors; patch score = seg logit, image "
+               "score = its max (or the classification head's logit)")
 
     def build(self, channels: int, options: SuperSimpleNetOptions, ctx: FitContext) -> Any:
         return build_supersimplenet(channels, options)
