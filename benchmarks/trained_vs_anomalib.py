@@ -720,8 +720,8 @@ def compare(name: str, ds: dict, work: Path, args, seeds: dict[str, list[int]]) 
     entries = []  # (run, anomalib run, targets apply, label, variant)
     for run, ano_run, with_targets, label in ROWS:
         entries.append((run, ano_run, with_targets, label, None))
+        first = next(iter(ours.get(run, {}).values()), None)
         for var, change in SCORE_VARIANTS.get(run, {}).items():
-            first = next(iter(ours.get(run, {}).values()), None)
             same = first is not None and all(first["options"].get(k) == v
                                              for k, v in change.items())
             if same and var == ANOMALIB_SCORE.get(ano_run):
@@ -732,7 +732,8 @@ def compare(name: str, ds: dict, work: Path, args, seeds: dict[str, list[int]]) 
         if run.removesuffix("_joint") not in methods:
             continue
         row: dict = {"run": run if variant is None else f"{run}:{variant}", "label": label,
-                     "targets_apply": with_targets, "ours": None, "anomalib": None, "met": {}}
+                     "variant": variant, "targets_apply": with_targets, "ours": None,
+                     "anomalib": None, "met": {}}
         if run in ours and run not in missing:
             row["ours"] = _over_seeds({k: _ours_summary(v, auroc(scores_of(v, variant)))
                                        for k, v in ours[run].items()})
@@ -943,7 +944,7 @@ def markdown(result: dict) -> str:
                 notes.append(f"- ours {row['run']}: {row['ours_missing']}")
             if row.get("anomalib_missing") and not row["anomalib_missing"].startswith("skip"):
                 notes.append(f"- anomalib {row['run']}: {row['anomalib_missing']}")
-            if row["ours"] and row["anomalib"] and ":" not in row["run"]:  # not per variant
+            if row["ours"] and row["anomalib"] and row["variant"] is None:
                 o, a = row["ours"], row["anomalib"]
                 notes.append(
                     f"- {row['run']}: per epoch, anomalib {a['train_per_epoch_s']:.2f} s = "

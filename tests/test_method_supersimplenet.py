@@ -22,6 +22,7 @@ from hdmap_ad.methods.supersimplenet import (
     make_loss,
     perlin_noise,
 )
+from hdmap_ad.methods.training import to_tensor
 from hdmap_ad.options import fit_stage
 
 TINY = SuperSimpleNetOptions(epochs=3, batch_size=2, lr=1e-3, noise_std=1.0, seg_hidden=8,
@@ -128,8 +129,7 @@ def test_upscale_scores_anomalibs_finer_grid():
     image, patch = model.score(query)
     assert image.shape == (3,) and patch.shape == (3, 4, 5)
     with torch.no_grad():
-        fine, _ = model.module((torch.from_numpy(query).permute(0, 3, 1, 2) - model.mean)
-                               / model.std)
+        fine, _ = model.module((to_tensor(query) - model.mean) / model.std)
     assert fine.shape == (3, 8, 10)
     np.testing.assert_allclose(patch, fine.reshape(3, 4, 2, 5, 2).mean(dim=(2, 4)).numpy(),
                                rtol=1e-5, atol=1e-6)
