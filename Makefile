@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 CORES ?= all
 
-.PHONY: install demo test lint readme-methods clean-work bench bench-anomalib bench-methods bench-trained bench-coreset bench-memory bench-search bench-cache bench-scale
+.PHONY: install demo test docs lint readme-methods clean-work bench bench-anomalib bench-methods bench-trained bench-coreset bench-memory bench-search bench-cache bench-scale
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -75,12 +75,21 @@ bench:
 	$(MAKE) -k bench-anomalib bench-methods bench-trained bench-coreset bench-memory bench-search \
 	  bench-cache bench-scale
 
-# The README's method table, regenerated from the method registry.
+# The method table of the guide (docs/guide/methods.md), regenerated from the method registry.
 readme-methods: install
 	$(BIN)/python -c "import re, pathlib; from hdmap_ad.methods import methods_markdown as t; \
-	p = pathlib.Path('README.md'); s = p.read_text(); \
+	p = pathlib.Path('docs/guide/methods.md'); s = p.read_text(); \
 	a, b = '<!-- methods-table: start -->\n', '<!-- methods-table: end -->'; \
 	p.write_text(s[: s.index(a) + len(a)] + t() + s[s.index(b) :])"
+
+# The guide (mkdocs.yml, docs/) built into site/: mkdocs-material from the `docs` extra; the
+# reference pages are generated from the params schema and the CLI parser while it builds.
+$(BIN)/.docs-installed: $(BIN)/.installed pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[docs]'
+	touch $@
+
+docs: $(BIN)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs build --strict --site-dir site
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

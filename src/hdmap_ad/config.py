@@ -317,16 +317,22 @@ class Params:
         }
 
 
+def params_schema(schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
+    """The params JSON schema as validated: the YAML file with the blocks the code defines
+    (the gate enum, the method options) filled in from it, so each is stated once. The
+    generated docs reference reads it too."""
+    schema = yaml.safe_load(schema_path.read_text())
+    exp_props = schema["definitions"]["experiment"]["properties"]
+    exp_props["gate"] = {"enum": list(GATE_MODES)}
+    exp_props["method"] = method_schema()
+    return schema
+
+
 def validate_params(raw: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> None:
     """Validate raw params against the JSON schema; the error names the offending key path."""
     import jsonschema
 
-    schema = yaml.safe_load(schema_path.read_text())
-    # enums and option blocks that the code defines are filled in from it (one source)
-    exp_props = schema["definitions"]["experiment"]["properties"]
-    exp_props["gate"] = {"enum": list(GATE_MODES)}
-    exp_props["method"] = method_schema()
-    validator = jsonschema.Draft7Validator(schema)
+    validator = jsonschema.Draft7Validator(params_schema(schema_path))
     errors = sorted(validator.iter_errors(raw), key=lambda e: list(e.absolute_path))
     if errors:
         err = errors[0]
