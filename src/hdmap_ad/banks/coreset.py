@@ -22,10 +22,19 @@ computing only the distances that can change something:
   group only, and with none of most groups. On 779k patch-like features at 10% this
   computes about 8% of the textbook loop's distances.
 
-The picks are exactly the textbook greedy's, ties going to the lowest index: every computed
-distance is the float32 product the textbook loop computes for that pair, and a skipped one
-provably would not have lowered ``min_d``. (Bit for bit with a loop on OpenBLAS's general
-kernel: no product is made small enough for its small-matrix kernel, ``SMALL_PRODUCT``.)
+The picks are the textbook greedy's up to float32 rounding, on any BLAS: every computed
+distance is a float32 product within ``8 (d + 2) 2^-24`` times the largest squared norm of
+the exact one (``d`` dims after any projection, itself rounded as its product's shape
+rounds; :func:`_pair_error`, whatever order the kernel sums in), a skipped one provably
+would not have lowered ``min_d`` however it rounds, and equal computed distances go to the
+lowest index. So each pick is farthest from the picks before it up to twice that bound: where
+the farthest point leads the next by more, it is the textbook loop's pick, in float32 or
+float64. Within the bound (a near-tie), a product of another shape, another BLAS
+build or kernel (``OPENBLAS_CORETYPE``), the GPU loop or the textbook loop may take the other
+point, and the picks go on from there. The same input, machine, BLAS and thread count give
+the same picks. (On OpenBLAS with its default kernel choice no product is made small enough
+for its small-matrix kernel, ``SMALL_PRODUCT``: there the pruned and unpruned loops round
+alike and agree bit for bit; other builds promise no such thing.)
 
 Memory: the ``N x (dim + 2)`` rows in group order (projected in row chunks when the input is
 wider than ``proj_dim``, so a 1.5M x 1536 input needs only its own memory plus this copy), a
@@ -54,8 +63,10 @@ CHUNK_BYTES = 16 * 2**20  # a product's distances (picks x points float32): at m
 MAX_TIERS = 6  # a group's picks are compared in up to this many tiers of similar reach
 TIER_OVERHEAD = 40  # a product of r picks costs as much as r + this at full speed
 SORT_ROWS = 32768  # rows moved at a time when a group is re-sorted
-# OpenBLAS computes products with rows * cols up to about 1200 by another kernel, whose
-# rounding differs; every product here has at least 2 rows and rows * cols above this.
+# OpenBLAS (default kernel choice) computes products with rows * cols up to about 1200 by
+# another kernel, whose rounding differs; every product here has at least 2 rows and
+# rows * cols above this, so that small and large products round alike there. Not portable
+# (OPENBLAS_CORETYPE=Haswell, other BLAS builds): correctness never relies on it.
 SMALL_PRODUCT = 4096
 UNIT_ROUNDOFF = 2.0**-24  # float32
 # Wider descriptors are randomly projected to this many dims for the distances (anomalib
@@ -132,9 +143,10 @@ def _pair_error(d2: int) -> float:
 
 
 def _products(centres: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """``centres @ points.T`` ``(r, c)``, by OpenBLAS's general kernel (see ``SMALL_PRODUCT``).
+    """``centres @ points.T`` ``(r, c)`` float32, within :func:`_pair_error`'s bound of exact.
 
-    Too small a product is padded (rows and columns repeated) and the result cut back.
+    Too small a product is padded (rows and columns repeated) and the result cut back, so that
+    OpenBLAS with its default kernel choice rounds it as the large ones (``SMALL_PRODUCT``).
     """
     r, c = len(centres), len(points)
     if r >= 2 and c >= 2 and r * c > SMALL_PRODUCT:
