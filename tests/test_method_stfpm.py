@@ -143,6 +143,41 @@ def test_stfpm_keeps_the_method_contract(teacher_setup, tmp_path):
         load_model(tmp_path, "mixed", method, opts, ctx)
 
 
+def test_a_partial_batch_takes_anomalibs_step_on_its_summed_loss(teacher_setup):
+    """Two references with batch_size 5 (one partial batch, no validation): the one step of
+    the one epoch is anomalib's first SGD step on the loss summed over the 2 maps,
+    ``p - lr (grad + weight_decay p)``, not a step scaled by the 5 maps a full batch holds
+    (2.5 times too large)."""
+    import torch
+
+    from hdmap_ad.methods.training import seeded, to_tensor
+
+    _, layout, refs, _ = teacher_setup
+    method = METHODS["stfpm"]
+    opts = method.Options(epochs=1, batch_size=5, val_fraction=0.0)
+    ctx = FitContext(seed=3, where="e", layout=layout)
+    trained = dict(method.fit(refs[:2], opts, ctx).module.named_parameters())
+    with seeded(ctx.seed):  # the initialisation fit starts from
+        student = build_student(student_spec(layout, "e"))
+    student.train()
+    summed = sum(d.mean(dim=(1, 2)) for d in layer_distances(student, to_tensor(refs[:2])))
+    summed.sum().backward()
+    moved, want_moved, old_moved = 0.0, 0.0, 0.0
+    with torch.no_grad():
+        for name, p in student.named_parameters():
+            if p.grad is None:  # layers past the last one used: SGD leaves them alone
+                assert torch.equal(trained[name], p), name
+                continue
+            step = opts.lr * (p.grad + opts.weight_decay * p)
+            torch.testing.assert_close(trained[name], p - step, rtol=1e-4, atol=1e-6)
+            moved += float(((trained[name] - p) ** 2).sum())
+            want_moved += float((step ** 2).sum())
+            old = opts.lr * 5 * (p.grad / 2 + opts.weight_decay / 5 * p)  # lr * batch_size
+            old_moved += float((old ** 2).sum())
+    assert moved == pytest.approx(want_moved, rel=1e-3)
+    assert old_moved > 4 * want_moved  # the old scaling is clearly told apart
+
+
 def test_stfpm_without_the_map_is_a_named_error(teacher_setup):
     _, layout, refs, _ = teacher_setup
     method = METHODS["stfpm"]

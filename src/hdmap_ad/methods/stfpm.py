@@ -20,10 +20,11 @@ grid. It is initialised from the experiment seed.
 Loss (as anomalib 2.7 ``models/image/stfpm``): per layer, teacher and student features are
 L2-normalised over channels and ``0.5 * |t - s|^2`` is averaged over positions; layers are
 summed. anomalib sums the loss over the batch and trains with SGD (lr 0.4, momentum 0.9,
-weight decay 1e-3; the paper 1e-4); here the loss is the batch mean and the step is taken with
-``lr * batch_size`` and ``weight_decay / batch_size``, which is the same update on full
-batches. Positions are those of the descriptor grid (coarser layers upsampled), where anomalib
-averages each layer on its own grid.
+weight decay 1e-3; the paper 1e-4); here the reported loss is the batch mean and each step
+follows the batch sum (``batch_sum``: the mean's gradient times the batch's real size), so
+every step, a partial last batch's included, is anomalib's update. Positions are those of the
+descriptor grid (coarser layers upsampled), where anomalib averages each layer on its own
+grid.
 
 Scores: per layer, ``0.5 * |t - s|^2`` at each position (normalised features); the patch
 score combines the layers by ``product`` (paper, anomalib) or ``sum``; the image score is the
@@ -168,6 +169,7 @@ class STFPM(TrainedMethod):
     Options = STFPMOptions
     model_class = STFPMModel
     standardise = False  # the student reads the map; the teacher's features stay as cached
+    batch_sum = True  # anomalib's step: lr on the batch-summed loss, whatever the batch's size
     reads_map = True
     summary = ("STFPM: a random-init copy of the backbone learns to reproduce its "
                "multi-scale features from the map (needs input_map); patch score = "
@@ -190,9 +192,8 @@ class STFPM(TrainedMethod):
     def optimizer(self, parameters: Any, options: STFPMOptions) -> Any:
         import torch
 
-        b = options.batch_size
-        return torch.optim.SGD(parameters, lr=options.lr * b, momentum=options.momentum,
-                               weight_decay=options.weight_decay / b)
+        return torch.optim.SGD(parameters, lr=options.lr, momentum=options.momentum,
+                               weight_decay=options.weight_decay)
 
     def from_state(self, arrays: dict[str, Any], description: dict[str, Any],
                    options: STFPMOptions, ctx: FitContext) -> STFPMModel:

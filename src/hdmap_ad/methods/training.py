@@ -123,14 +123,17 @@ def _mean_loss(module: Any, loss_fn: Callable[[Any, Any], Any], x: Any,
 def train(module: Any, loss_fn: Callable[[Any, Any], Any], data: Any, options: TrainOptions,
           seed: int, progress: bool = False, desc: str = "train",
           where: str = "method",
-          make_optimizer: Callable[[Any], Any] | None = None) -> TrainResult:
+          make_optimizer: Callable[[Any], Any] | None = None,
+          batch_sum: bool = False) -> TrainResult:
     """Train ``module`` on ``data`` (``(N, ...)`` tensor of one sub-model's references).
 
     ``loss_fn(module, batch) -> scalar tensor`` (mean over the batch). Adam on
     ``options.lr``/``weight_decay`` unless ``make_optimizer(parameters)`` gives another
     optimiser; each epoch visits the training references in a seeded
-    order. The module is left holding the kept weights (the best validation epoch, or the
-    last without validation).
+    order. ``batch_sum``: each step follows the loss summed over the batch (the mean times
+    the batch's own size, so a partial last batch steps by its real size); the history
+    still reports mean losses. The module is left holding the kept weights (the best
+    validation epoch, or the last without validation).
 
     Returns:
         the kept state dict (a deep copy) and a JSON-ready history: ``epochs_run``,
@@ -165,7 +168,7 @@ def train(module: Any, loss_fn: Callable[[Any, Any], Any], data: Any, options: T
             if not torch.isfinite(loss):
                 raise InputError(f"{where}: training diverged (loss {float(loss)} at epoch "
                                  f"{epoch}); lower lr")
-            loss.backward()
+            (loss * len(batch) if batch_sum else loss).backward()
             opt.step()
             total += float(loss.detach()) * len(batch)
         train_loss = total / len(x_tr)
@@ -283,6 +286,7 @@ class TrainedMethod(Method):
 
     model_class: ClassVar[type[TrainedModel]]
     standardise: ClassVar[bool] = True
+    batch_sum: ClassVar[bool] = False  # steps follow the batch-summed loss (see train)
 
     def optimizer(self, parameters: Any, options: Any) -> Any:
         """The training optimiser (default: Adam on ``lr`` / ``weight_decay``)."""
@@ -314,7 +318,8 @@ class TrainedMethod(Method):
             result = train(module, self.loss(options, ctx), ((x - mean) / std).to(ctx.device),
                            options, ctx.seed, progress=ctx.progress,
                            desc=f"{self.name} train", where=ctx.where,
-                           make_optimizer=lambda params: self.optimizer(params, options))
+                           make_optimizer=lambda params: self.optimizer(params, options),
+                           batch_sum=self.batch_sum)
         return self.model_class(module, mean, std, options, result.history, ctx.device)
 
     def from_state(self, arrays: dict[str, Any], description: dict[str, Any], options: Any,
