@@ -9,6 +9,7 @@ include: "workflow/rules/features.smk"
 include: "workflow/rules/fit.smk"
 include: "workflow/rules/scoring.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/leaderboards.smk"
 include: "workflow/rules/export.smk"
 
 
@@ -19,6 +20,7 @@ localrules:
     aggregate,
     sweep,
     hypothesis,
+    leaderboard,
     report,
 
 
@@ -26,4 +28,5 @@ rule all:
     input:
         "results/metrics.json",
         target_hypotheses(),
+        target_leaderboards(),
         "results/report.md",

@@ -155,6 +155,23 @@ def cmd_hypothesis(args: argparse.Namespace) -> None:
     write_json(args.out, hypothesis_report(_spec(args.spec)))
 
 
+def cmd_leaderboard(args: argparse.Namespace) -> None:
+    from hdmap_ad.config import LeaderboardConfig
+    from hdmap_ad.report.leaderboard import leaderboard_step
+
+    spec = _spec(args.spec)
+    results = spec.pop("results", None)
+    if not isinstance(results, dict):
+        raise InputError("--spec: expected results: {domain: {experiment: metrics JSON}}")
+    cfg = LeaderboardConfig.from_dict(str(spec.pop("key", "leaderboard")), spec)
+    if not cfg.domains:
+        raise InputError(f"leaderboards.{cfg.key}.domains: the step needs them listed")
+    out = Path(args.out)
+    leaderboard_step({**cfg.to_dict(), "results": results}, out,
+                     args.markdown or out.with_suffix(".md"),
+                     args.figure or out.with_name(f"{out.stem}_critical_difference.png"))
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from hdmap_ad.report.build import build_report
 
@@ -272,6 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", required=True, help="JSON: the hypothesis and its score pairs")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_hypothesis)
+
+    s = sub.add_parser("leaderboard", help="rank experiments over domains (Demšar 2006): "
+                       "Friedman, Nemenyi CD, Holm-corrected Wilcoxon, CD diagram")
+    s.add_argument("--spec", required=True, help="JSON: one leaderboards entry (with key) "
+                   "and results: {domain: {experiment: metrics JSON}}")
+    s.add_argument("--out", required=True, help="leaderboard JSON")
+    s.add_argument("--markdown", help="markdown table (default: --out with .md)")
+    s.add_argument("--figure", help="CD diagram PNG (default: <out>_critical_difference.png)")
+    s.set_defaults(func=cmd_leaderboard)
 
     s = sub.add_parser("report", help="results/report.md with tables, verdicts and figures")
     s.add_argument("--spec", required=True, help="JSON: entries, hypotheses, summary paths")

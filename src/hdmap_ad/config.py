@@ -253,6 +253,95 @@ class HypothesisPlan:
     oracle: tuple[Variant, ...] | None = None
 
 
+#: What a leaderboard ranks by unless it says otherwise: the pooled image AUROC of the
+#: per-domain metrics JSON (``results/{prefix}{domain}_{experiment}.json``).
+DEFAULT_LEADERBOARD_METRIC = "metrics.auroc"
+
+
+@dataclass(frozen=True)
+class LeaderboardConfig:
+    """Experiments ranked over domains by one metric (``hdmap_ad.report.leaderboard``).
+
+    ``metric`` is a dotted path into the per-domain metrics JSON (``metrics.auroc``,
+    ``per_condition.cold.auroc``, ``pixel.auroc``, ...), ranked highest first unless
+    ``higher_is_better`` is false; ``alpha`` is the level of the Friedman / Iman-Davenport
+    tests, Nemenyi's critical difference and the Holm-corrected pairwise Wilcoxon tests.
+    :func:`parse_params` replaces a sweep named in ``experiments`` by its variants (each
+    ranked on its own) and fills in empty ``domains`` with every domain of params.
+    """
+
+    key: str
+    experiments: tuple[str, ...]
+    domains: tuple[str, ...] = ()
+    metric: str = DEFAULT_LEADERBOARD_METRIC
+    higher_is_better: bool = True
+    alpha: float = 0.05
+
+    @classmethod
+    def from_dict(cls, key: str, data: dict[str, Any]) -> LeaderboardConfig:
+        """Build and check one ``leaderboards`` entry (names checked against params by
+        :func:`parse_params`)."""
+        where = f"leaderboards.{key}"
+        data = dict(data)
+        for name in ("experiments", "domains"):
+            value = data.get(name, ())
+            if not isinstance(value, (list, tuple)):
+                raise InputError(f"{where}.{name}: expected a list, got {value!r}")
+            data[name] = tuple(str(v) for v in value)
+        cfg = _build(cls, {**data, "key": key}, where)
+        for name, items in (("experiments", cfg.experiments), ("domains", cfg.domains)):
+            twice = sorted({x for x in items if items.count(x) > 1})
+            if twice:
+                raise InputError(f"{where}.{name}: {twice} listed more than once")
+        if len(cfg.experiments) < 2:
+            raise InputError(f"{where}.experiments: a leaderboard ranks at least 2 "
+                             f"experiments, got {list(cfg.experiments)}")
+        if cfg.domains and len(cfg.domains) < 2:
+            raise InputError(f"{where}.domains: a leaderboard ranks over at least 2 domains "
+                             f"(the rank tests need them), got {list(cfg.domains)}")
+        alpha = cfg.alpha
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) \
+                or not 0 < alpha < 1:
+            raise InputError(f"{where}.alpha: {alpha!r} is not a number in (0, 1)")
+        if not isinstance(cfg.metric, str) or not all(
+                p.replace("_", "").isalnum() for p in cfg.metric.split(".")):
+            raise InputError(f"{where}.metric: {cfg.metric!r} is not a dotted key path into "
+                             "the metrics JSON (e.g. metrics.auroc)")
+        if not isinstance(cfg.higher_is_better, bool):
+            raise InputError(f"{where}.higher_is_better: {cfg.higher_is_better!r} is not "
+                             "true or false")
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check_leaderboard(
+    lb: LeaderboardConfig, domains: tuple[str, ...], experiments: dict[str, ExperimentConfig],
+    sweeps: dict[str, tuple[Variant, ...]],
+) -> LeaderboardConfig:
+    """``lb`` with its names checked against params, a sweep replaced by its variants (each
+    ranked as an experiment) and its default domains (all of params) filled in."""
+    where = f"leaderboards.{lb.key}"
+    unknown = [e for e in lb.experiments if e not in experiments and e not in sweeps]
+    if unknown:
+        raise InputError(f"{where}.experiments: unknown experiment(s) {unknown}; params "
+                         f"defines {sorted(set(experiments) | set(sweeps))}")
+    runs = [v.key for e in lb.experiments for v in sweeps.get(e, (Variant(e, None, None),))]
+    twice = sorted({r for r in runs if runs.count(r) > 1})
+    if twice:
+        raise InputError(f"{where}.experiments: {twice} listed more than once (directly and "
+                         "as a sweep's variant)")
+    bad = [d for d in lb.domains if d not in domains]
+    if bad:
+        raise InputError(f"{where}.domains: {bad} not in domains {list(domains)}")
+    if not lb.domains and len(domains) < 2:
+        raise InputError(f"{where}.domains: a leaderboard ranks over at least 2 domains (the "
+                         f"rank tests need them); params has {list(domains)}: list more "
+                         f"domains or remove leaderboards.{lb.key}")
+    return replace(lb, experiments=tuple(runs), domains=lb.domains or domains)
+
+
 @dataclass(frozen=True)
 class Params:
     """Everything params.yaml describes.
@@ -271,6 +360,7 @@ class Params:
     sweeps: dict[str, tuple[Variant, ...]] = field(default_factory=dict)
     hypotheses: dict[str, HypothesisConfig] = field(default_factory=dict)
     hypothesis_plans: dict[str, HypothesisPlan] = field(default_factory=dict)
+    leaderboards: dict[str, LeaderboardConfig] = field(default_factory=dict)
 
     def feature_sources(self, experiment: str) -> list[tuple[str, str]]:
         """``(backbone key, layer)`` of every feature cache an experiment reads, in the order
@@ -544,7 +634,13 @@ def parse_params(raw: dict[str, Any]) -> Params:
                         f"conditions, which dataset.kind {dataset.kind!r} does not have; use "
                         "gate: mixed"
                     )
+    leaderboards = {
+        key: _check_leaderboard(LeaderboardConfig.from_dict(key, lb), domains, experiments,
+                                sweeps)
+        for key, lb in (raw.get("leaderboards") or {}).items()
+    }
     return Params(
+        leaderboards=leaderboards,
         sweeps=sweeps,
         hypotheses=hypotheses,
         hypothesis_plans=plans,

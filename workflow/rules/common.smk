@@ -249,6 +249,30 @@ def report_entries():
     ]
 
 
+def leaderboard_paths(name):
+    """The JSON, markdown table and CD diagram of leaderboard ``name``."""
+    base = f"results/leaderboards/{name}"
+    return {"json": f"{base}.json", "md": f"{base}.md",
+            "figure": f"{base}_critical_difference.png"}
+
+
+def target_leaderboards():
+    """Every leaderboard of params (none when params has no ``leaderboards``)."""
+    return [leaderboard_paths(name)["json"] for name in PARAMS.leaderboards]
+
+
+def leaderboard_results(wildcards):
+    """The metrics JSON of each domain x experiment a leaderboard ranks (existing targets)."""
+    lb = PARAMS.leaderboards[wildcards.leaderboard]
+    return [result_path(d, e) for d in lb.domains for e in lb.experiments]
+
+
+def leaderboard_spec(wildcards):
+    lb = PARAMS.leaderboards[wildcards.leaderboard]
+    results = {d: {e: result_path(d, e) for e in lb.experiments} for d in lb.domains}
+    return json.dumps({**lb.to_dict(), "results": results}, sort_keys=True)
+
+
 def report_plots():
     """ROC points per domain x experiment (`dvc plots show`); plain files, no folder stamp."""
     return [f"results/plots/roc/{e['label']}_{e['experiment']}.csv" for e in report_entries()]
@@ -258,6 +282,8 @@ def report_inputs():
     files = set()
     for e in report_entries():
         files |= {e["scores"], e["metrics"], e["bank_meta"], e["manifest"]}
+    for name in PARAMS.leaderboards:
+        files |= set(leaderboard_paths(name).values())
     return sorted(files)
 
 
@@ -266,4 +292,5 @@ def report_spec():
         "entries": report_entries(), "hypotheses": target_hypotheses(),
         "summary_md": "results/summary.md", "summary_csv": "results/summary.csv",
         "figures": "results/figures", "plots": "results/plots/roc",
+        "leaderboards": [leaderboard_paths(name) for name in PARAMS.leaderboards],
     }, sort_keys=True)

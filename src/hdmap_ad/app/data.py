@@ -159,6 +159,32 @@ class Run:
                     })
         return pd.DataFrame(rows)
 
+    def leaderboards(self) -> list[dict[str, Any]]:
+        """Every ``results/leaderboards/<name>.json`` (``hdmap_ad.report.leaderboard``):
+        ``{"name", "summary" (the tests in one line), "ranking" (a row per experiment, best
+        first: average rank, mean and each domain's value), "figure" (the CD diagram's path,
+        None when missing)}``."""
+        out = []
+        for path in sorted((self.results / "leaderboards").glob("*.json")):
+            lb = _read_json(path)
+            if not lb or "ranking" not in lb or "table" not in lb:
+                continue
+            rows = [{"#": r["position"], "experiment": r["experiment"],
+                     "average_rank": r["average_rank"], "mean": r["mean"],
+                     **{d: lb["table"][d][r["experiment"]] for d in lb["domains"]}}
+                    for r in lb["ranking"]]
+            fr, iman, nem = lb["friedman"], lb["iman_davenport"], lb["nemenyi"]
+            summary = (f"{lb.get('metric')} over {len(lb['domains'])} domains: Friedman "
+                       f"p = {fr['p']:.3g}, Iman-Davenport p = {iman['p']:.3g}, Nemenyi "
+                       f"CD = {nem['critical_difference']:.3f} at alpha {lb['alpha']:g}; "
+                       f"{sum(p['untestable'] for p in lb['pairwise'])} of "
+                       f"{len(lb['pairwise'])} Wilcoxon pairs untestable")
+            figure = path.with_name(f"{path.stem}_critical_difference.png")
+            out.append({"name": lb.get("leaderboard", path.stem), "summary": summary,
+                        "ranking": pd.DataFrame(rows),
+                        "figure": figure if figure.is_file() else None})
+        return out
+
     def scores(self, t: Target) -> pd.DataFrame:
         """The experiment's scores without the patch grids (test and reference_cv rows)."""
         import pyarrow.parquet as pq

@@ -118,6 +118,16 @@ def results_page(run: Run) -> None:
                    "interval of delta AUROC lies above the margin.")
         st.dataframe(hyp, hide_index=True, key="hypotheses_table")
 
+    boards = run.leaderboards()
+    if boards:
+        st.header("Leaderboards")
+        for board in boards:
+            st.subheader(board["name"])
+            st.caption(board["summary"])
+            st.dataframe(board["ranking"], hide_index=True, key=f"leaderboard_{board['name']}")
+            if board["figure"] is not None:
+                st.image(str(board["figure"]))
+
     # the first hypothesis' domain and arms are the default views below
     first = hyp.iloc[0] if not hyp.empty else None
     domains_all = sorted(table.domain.unique())

@@ -392,6 +392,10 @@ def build_report(spec: dict[str, Any], out: str | Path) -> None:
         for path in spec["hypotheses"]:
             lines += _hypothesis_lines(path, figures, out.parent)
     lines += methods_gate_lines(spec["entries"], spec["hypotheses"])
+    if spec.get("leaderboards"):
+        from hdmap_ad.report.leaderboard import report_lines
+
+        lines += report_lines(spec["leaderboards"], out.parent)
     by_domain: dict[str, list[dict[str, Any]]] = {}
     for entry in spec["entries"]:
         by_domain.setdefault(entry["label"], []).append(entry)
