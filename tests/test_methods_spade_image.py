@@ -186,3 +186,40 @@ def test_bad_descriptors_name_where():
         Spade().fit(refs[:0], options, CTX)
     with pytest.raises(InputError, match="experiments.e.method"):
         model.score(refs[..., :3])
+
+
+@pytest.mark.parametrize("image_k,gate,sub_refs,want", [
+    (50, "mixed", {"mixed": 10}, {"mixed": 10}),  # few-shot: the mean over all 10, not 50
+    (4, "p90", {"cold": 3, "warm": 7}, {"cold": 3, "warm": 4}),
+])
+def test_spade_metrics_record_the_image_k_it_used(image_k, gate, sub_refs, want):
+    """``image_k`` is clamped to each sub-model's references: the metrics JSON says which K
+    was used per sub-model (``counts.bank``), leaving ``params`` as the experiment wrote it."""
+    import json
+
+    import pandas as pd
+
+    from hdmap_ad.config import ExperimentConfig
+    from hdmap_ad.metrics.report import build_metrics
+
+    exp = json.loads(json.dumps(ExperimentConfig.from_dict("e", {  # as the scores store it
+        "backbone": "b", "layers": ["l"], "gate": gate,
+        "references": {"protocol": "train", "k": sum(sub_refs.values())},
+        "method": {"name": "spade", "image_k": image_k}}).to_dict()))
+    refs = [{"image_id": f"{sub}{i}", "condition": "cold", "sub_bank": sub, "p90": 0.5}
+            for sub, n in sub_refs.items() for i in range(n)]
+    meta = {"experiment": exp, "gate": {"mode": gate, "threshold": 0.5, "fit": "x"},
+            "references": refs, "sub_banks": {sub: {"patches": 12 * n}
+                                              for sub, n in sub_refs.items()}}
+    sub = sorted(sub_refs)[0]
+    scores = pd.DataFrame({
+        "image_id": ["t0", "t1", "t2", "t3", "r0"], "role": ["test"] * 4 + ["reference_cv"],
+        "label": ["good", "good", "fault", "fault", "good"], "condition": ["cold"] * 5,
+        "score": [0.1, 0.2, 0.3, 0.4, 0.15], "gate": [sub] * 5, "routing": [sub] * 5})
+    metrics = build_metrics(scores, meta, {})
+    assert metrics["counts"]["bank"] == {
+        s: {"patches": 12 * n, "image_k_effective": want[s]} for s, n in sub_refs.items()}
+    assert metrics["params"] == exp  # the experiment as written (export compares it)
+    # other methods report no such count
+    meta["experiment"] = {**exp, "method": {"name": "knn_image"}}
+    assert build_metrics(scores, meta, {})["counts"]["bank"] == meta["sub_banks"]

@@ -5,7 +5,8 @@ rule metrics:
         meta=f"{WORK}/models/domain_{{domain}}/{{experiment}}.json",
         manifest=manifest_path,
         features=experiment_features,
-        code=code("hdmap_ad.metrics.report"),
+        # + the experiment's method module: its score_counts go into the metrics
+        code=method_code("hdmap_ad.metrics.report"),
     output:
         f"results/{RESULT_PREFIX}{{domain}}_{{experiment}}.json",
     log:

@@ -117,6 +117,12 @@ class Method(ABC):
         """Fewest reference maps a sub-model can be fit on."""
         return 1
 
+    def score_counts(self, options: Any, references: int) -> dict[str, int]:
+        """What the score-stage ``options`` amount to for a sub-model fit on ``references``
+        maps, reported beside its counts (metrics ``counts.bank``): e.g. a k clamped to the
+        references. Built with the metrics, as the fit step never sees score-stage options."""
+        return {}
+
     def needs_layer_channels(self, options: Any) -> str | None:
         """Why these options need each layer's own channels in the descriptors (no
         projection, context or input map; checked when params are read), or None."""

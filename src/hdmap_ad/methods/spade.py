@@ -7,7 +7,8 @@ Score one query map (maps are scored one at a time, so a score never depends on 
 
 1. Image retrieval: its pooled vector's Euclidean distances to the reference vectors; the
    ``image_k`` nearest reference maps are kept (paper: K = 50; clamped to the number of
-   references N, so with 1 or 2 references every reference is used; ties go to the earlier
+   references N, so with N <= K every reference is used, as at few-shot budgets; the metrics
+   record the K used, ``counts.bank.<sub-model>.image_k_effective``; ties go to the earlier
    reference).
 2. Pyramid correspondence: each query patch is compared with the patches at *every* position
    of those K maps only (the paper's gallery); its score is the mean Euclidean distance to
@@ -47,7 +48,8 @@ class SpadeOptions:
     image_k: int = field(default=50, metadata={
         "stage": "score",
         "min": 1, "doc": "nearest reference maps (pooled features) retrieved per query; "
-                         "clamped to the number of references (paper: K = 50)"})
+                         "clamped to the number of references (the metrics record the K "
+                         "used per sub-model: counts.bank, image_k_effective; paper: K = 50)"})
     patch_k: int = field(default=1, metadata={
         "stage": "score",
         "min": 1, "doc": "nearest gallery patches averaged per query patch (paper: kappa = 1)"})
@@ -56,6 +58,11 @@ class SpadeOptions:
         "enum": IMAGE_SCORES,
         "doc": "pooled: mean distance to the image_k nearest maps (paper) | patch_max: "
                "largest patch score"})
+
+
+def effective_image_k(options: SpadeOptions, references: int) -> int:
+    """The K a sub-model of ``references`` maps retrieves: ``image_k``, at most ``references``."""
+    return min(options.image_k, references)
 
 
 class SpadeModel(FittedModel):
@@ -70,7 +77,7 @@ class SpadeModel(FittedModel):
 
     @property
     def image_k(self) -> int:
-        return min(self.options.image_k, len(self.desc))
+        return effective_image_k(self.options, len(self.desc))
 
     def _score_map(self, query: np.ndarray) -> tuple[float, np.ndarray]:
         """One map ``(H, W, D)``: ``(image score, patch scores (H * W,) float64)``."""
@@ -101,9 +108,9 @@ class SpadeModel(FittedModel):
 
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         n, h, w, d = self.desc.shape
+        # (no image_k here: the fit step never sees score-stage options; see score_counts)
         return ({"desc": self.desc, "pooled": self.pooled},
-                {"references": int(n), "grid": [int(h), int(w)], "dim": int(d),
-                 "image_k_used": self.image_k})
+                {"references": int(n), "grid": [int(h), int(w)], "dim": int(d)})
 
 
 class Spade(Method):
@@ -121,3 +128,6 @@ class Spade(Method):
     def from_state(self, arrays: dict[str, np.ndarray], description: dict[str, Any],
                    options: SpadeOptions, ctx: FitContext) -> SpadeModel:
         return SpadeModel(arrays["desc"], arrays["pooled"], options, ctx.where)
+
+    def score_counts(self, options: SpadeOptions, references: int) -> dict[str, int]:
+        return {"image_k_effective": effective_image_k(options, references)}

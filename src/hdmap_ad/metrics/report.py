@@ -44,6 +44,21 @@ def gate_summary(test: pd.DataFrame, gated: bool) -> dict[str, Any]:
     return out
 
 
+def bank_counts(bank_meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per sub-model: the fit step's counts (``sub_banks``) and what the experiment's
+    score-stage options amount to for its references (``Method.score_counts``, e.g. SPADE's
+    ``image_k_effective``: its K clamped to the references)."""
+    from collections import Counter
+
+    from hdmap_ad.methods import MethodConfig
+
+    exp = bank_meta["experiment"]
+    cfg = MethodConfig.from_dict(exp["method"], f"experiments.{exp['key']}.method")
+    refs = Counter(r["sub_bank"] for r in bank_meta["references"])
+    return {name: {**counts, **cfg.method.score_counts(cfg.options, refs[name])}
+            for name, counts in bank_meta["sub_banks"].items()}
+
+
 def build_metrics(
     scores: pd.DataFrame,
     bank_meta: dict[str, Any],
@@ -107,7 +122,7 @@ def build_metrics(
             "test_scored": int(len(test)),
             "references": len(bank_meta["references"]),
             "reference_cv_scored": int(len(cv)),
-            "bank": bank_meta["sub_banks"],
+            "bank": bank_counts(bank_meta),
         },
         "protocol": {
             "references": exp["references"]["protocol"],
