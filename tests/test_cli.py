@@ -128,3 +128,25 @@ def test_score_device_puts_the_exact_index_on_a_gpu_when_faiss_has_one(tmp_path,
     assert moved and set(moved) == {("resources", 0)}
     cpu = pq.read_table(tmp_path / "cpu.parquet").column("score").to_pylist()
     assert pq.read_table(tmp_path / "auto.parquet").column("score").to_pylist() == cpu
+
+
+def test_fit_records_its_threads_in_the_model_metadata_not_the_metrics(tmp_path, capsys,
+                                                                        monkeypatch):
+    """The fit's thread counts change trained models in the last bits: the model metadata
+    and the fit's log say what they were; the metrics JSON, compared byte for byte across
+    runs with other ``--cores``, does not carry them."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    common, paths = _prepared(tmp_path, {"protocol": "full"}, 0)
+    threads = json.loads((tmp_path / "b.json").read_text())["threads"]
+    assert threads["omp_num_threads"] == 1
+    assert isinstance(threads["blas"], int) and threads["blas"] >= 1
+    assert threads["torch"] is None or threads["torch"] >= 1
+    assert f"fit experiments.e: threads {threads}" in capsys.readouterr().err
+    assert main(["score", *common, "--model", str(paths["bank"]),
+                 "--out", str(tmp_path / "s.parquet")]) == 0
+    assert main(["metrics", "--scores", str(tmp_path / "s.parquet"),
+                 "--meta", str(tmp_path / "b.json"), "--manifest", str(paths["manifest"]),
+                 "--features", *paths["features"], "--domain", "X",
+                 "--out", str(tmp_path / "m.json")]) == 0
+    text = (tmp_path / "m.json").read_text()
+    assert '"omp_num_threads"' not in text and '"blas"' not in text

@@ -10,6 +10,7 @@ word stays for the sub-model of any method.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -270,6 +271,22 @@ def write_bank_metadata(path: str | Path, meta: dict[str, Any]) -> None:
     write_json(path, meta)
 
 
+def thread_counts() -> dict[str, int | None]:
+    """The threads this process fits with: ``OMP_NUM_THREADS`` as set (None: unset), the
+    BLAS pools' (threadpoolctl; the largest) and torch's intra-op threads (None where torch
+    is not loaded). They split float sums differently, so the same fit on other thread counts
+    gives models that differ in the last bits (scores by 2.2e-5 between 1 and 2 threads)."""
+    import os
+
+    from threadpoolctl import threadpool_info
+
+    blas = [int(i["num_threads"]) for i in threadpool_info() if i.get("user_api") == "blas"]
+    torch = sys.modules.get("torch")
+    return {"omp_num_threads": int(os.environ.get("OMP_NUM_THREADS") or 0) or None,
+            "blas": max(blas) if blas else None,
+            "torch": int(torch.get_num_threads()) if torch is not None else None}
+
+
 def fit_experiment(exp: ExperimentConfig, manifest_path: str, feature_paths: list[str],
                    domain: str, model_dir: str, meta_path: str, device: str = "cpu") -> None:
     """The ``fit`` step: pick the references, fit the gate and one sub-model per condition
@@ -307,5 +324,8 @@ def fit_experiment(exp: ExperimentConfig, manifest_path: str, feature_paths: lis
     meta["cv"] = {"folds": exp.deploy_folds if fold_models else 0,
                   "sub_models": {str(f): sorted(m) for f, m in fold_models.items()}}
     meta["provenance"] = prov
+    # the model's, never the metrics' (results/*.json stay byte-identical across --cores)
+    meta["threads"] = thread_counts()
+    print(f"fit {where}: threads {meta['threads']}", file=sys.stderr)  # the step's log
     save_models(model_dir, models, exp, fold_models)
     write_bank_metadata(meta_path, meta)

@@ -19,7 +19,8 @@ is kept (the JSON says so).
 
 CPU training is deterministic: initialisation and every shuffle come from the experiment
 seed, and torch runs with ``use_deterministic_algorithms``; the thread count (which can change
-float summation order) is recorded with the scores.
+float summation order) is recorded in the fit's model metadata (``threads``) and log, and with
+the scores.
 
 torch is imported inside functions: parsing params must not need it.
 """
