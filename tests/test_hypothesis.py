@@ -8,8 +8,13 @@ from hdmap_ad.report.hypothesis import (
     compare_experiments,
     paired_bootstrap,
     stratified_indices,
-    verdict,
 )
+from hdmap_ad.report.verdicts import LEVEL, adjust, decide, holm, p_method, p_values
+
+
+def verdict(boot, estimate, margin=0.0, method="bootstrap"):
+    """The verdict of one comparison (a family of one)."""
+    return decide(p_values(boot, estimate, margin, method))
 
 
 def _data(seed=0, n=120, shift=1.0):
@@ -28,7 +33,12 @@ def test_identical_scores_give_exact_zero():
     assert out["auroc"]["ci95"] == [0.0, 0.0]
     assert out["accuracy_deployable"]["delta"] == 0.0
     assert out["accuracy_deployable"]["ci95"] == [0.0, 0.0]
-    assert verdict(out["auroc"]["ci95"]) == "inconclusive"
+    out = paired_bootstrap(y, s, s.copy(), 0.5, 0.5, n_boot=300, seed=1, with_resamples=True)
+    # identical arms: no difference at all, so equivalent at any positive margin
+    assert verdict(out["auroc"]["resamples"], 0.0, margin=0.005) == "equivalent"
+    assert verdict(out["auroc"]["resamples"], 0.0, margin=0.005, method="normal") \
+        == "equivalent"
+    assert verdict(out["auroc"]["resamples"], 0.0, margin=0.0) == "inconclusive"
 
 
 def test_perfect_vs_random_supported_and_reversed_refuted():
@@ -36,24 +46,67 @@ def test_perfect_vs_random_supported_and_reversed_refuted():
     y = np.repeat([0, 1], [60, 40])
     random = rng.random(100)
     perfect = y + rng.random(100) * 0.5
-    out = paired_bootstrap(y, random, perfect, None, None, n_boot=500, seed=0)
+    out = paired_bootstrap(y, random, perfect, None, None, n_boot=500, seed=0,
+                           with_resamples=True)
     lo, hi = out["auroc"]["ci95"]
     assert 0 < lo <= hi
-    assert verdict(out["auroc"]["ci95"]) == "supported"
+    assert verdict(out["auroc"]["resamples"], out["auroc"]["delta"]) == "supported"
     assert out["accuracy_deployable"] == {"a": None, "b": None, "delta": None, "ci95": None}
-    rev = paired_bootstrap(y, perfect, random, None, None, n_boot=500, seed=0)
+    rev = paired_bootstrap(y, perfect, random, None, None, n_boot=500, seed=0,
+                           with_resamples=True)
     assert rev["auroc"]["ci95"][1] < 0
-    assert verdict(rev["auroc"]["ci95"]) == "refuted"
+    assert verdict(rev["auroc"]["resamples"], rev["auroc"]["delta"]) == "refuted"
+    assert "resamples" not in paired_bootstrap(y, random, perfect, None, None, n_boot=50)["auroc"]
 
 
-def test_verdict_rule_and_margin():
-    assert verdict([0.01, 0.05]) == "supported"
-    assert verdict([0.01, 0.05], margin=0.02) == "inconclusive"
-    assert verdict([-0.05, -0.01]) == "refuted"
-    assert verdict([-0.05, -0.01], margin=0.02) == "inconclusive"
-    assert verdict([-0.01, 0.01]) == "inconclusive"
-    assert verdict([0.0, 0.1]) == "inconclusive"  # lo must be strictly above the margin
-    assert verdict(None) == "inconclusive"
+def _normal_boot(center, sd=0.01, n=4000, seed=0):
+    return np.random.default_rng(seed).normal(center, sd, n)
+
+
+@pytest.mark.parametrize("method", ["bootstrap", "normal"])
+def test_four_verdicts_against_the_margin(method):
+    # sd 0.01: a one-sided 2.5% test needs about 1.96 sd between the estimate and the bound
+    assert verdict(_normal_boot(0.04), 0.04, 0.005, method) == "supported"
+    assert verdict(_normal_boot(0.015), 0.015, 0.005, method) == "inconclusive"
+    assert verdict(_normal_boot(-0.04), -0.04, 0.005, method) == "refuted"
+    assert verdict(_normal_boot(0.0, sd=0.002), 0.0, 0.005, method) == "equivalent"
+    # a tiny consistent gain is equivalent, not supported, once a margin counts
+    assert verdict(_normal_boot(0.0002, sd=0.00005), 0.0002, 0.0, method) == "supported"
+    assert verdict(_normal_boot(0.0002, sd=0.00005), 0.0002, 0.005, method) == "equivalent"
+    # equivalence needs both sides: a wide distribution around 0 is inconclusive
+    assert verdict(_normal_boot(0.0, sd=0.02), 0.0, 0.005, method) == "inconclusive"
+
+
+def test_bootstrap_p_values_count_the_null_side_with_add_one():
+    boot = np.array([-0.02, -0.01, 0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06])
+    p = p_values(boot, 0.02, margin=0.005)
+    assert p["supported"] == pytest.approx((1 + 3) / 10)  # -0.02, -0.01, 0.0 <= 0.005
+    assert p["refuted"] == pytest.approx((1 + 7) / 10)  # 0.0 .. 0.06 are >= -0.005
+    assert p["equivalent"] == pytest.approx(max((1 + 6) / 10, (1 + 2) / 10))
+
+
+def test_p_method_switches_to_normal_when_the_corrected_level_is_unresolved():
+    assert p_method(2000, 1) == "bootstrap"
+    assert p_method(2000, 5) == "bootstrap"  # 2001 * 0.025 / 5 = 10 resamples in the tail
+    assert p_method(2000, 6) == "normal"
+    assert p_method(100000, 20) == "bootstrap"
+
+
+def test_holm_matches_a_worked_example():
+    # Holm (1979): p sorted 0.01, 0.02, 0.03, 0.04 with m = 4 -> 0.04, 0.06, 0.06, 0.06
+    assert holm([0.03, 0.01, 0.04, 0.02]) == pytest.approx([0.06, 0.04, 0.06, 0.06])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    raw = [{"supported": 0.01, "refuted": 0.9, "equivalent": 0.5},
+           {"supported": 0.02, "refuted": 0.8, "equivalent": 0.001}]
+    adj = adjust(raw, "holm")
+    assert adj[0]["supported"] == pytest.approx(0.02)
+    assert adj[1]["supported"] == pytest.approx(0.02)
+    assert adj[1]["equivalent"] == pytest.approx(0.002)
+    assert adjust(raw, "none") == raw
+    # a raw 0.01 supports alone, not in a family of four at the one-sided 2.5% level
+    assert decide(raw[0]) == "supported"
+    assert decide(adjust([raw[0]] * 4, "holm")[0]) == "inconclusive"
+    assert LEVEL == 0.025
 
 
 def test_point_estimate_matches_sklearn():
@@ -195,17 +248,20 @@ def test_compare_experiments_aligns_by_image_id():
     assert ref["thresholds"]["b"]["deployable"] == 2.0
     assert ref["n"] == 60 and ref["n_fault"] == 20
     assert list(ref) == [
-        "verdict", "verdict_rule", "margin", "thresholds", "n", "n_good", "n_fault",
-        "n_boot", "seed", "auroc", "accuracy_deployable", "per_condition",
+        "verdict", "verdict_rule", "margin", "correction", "family_size", "p_method", "level",
+        "thresholds", "n", "n_good", "n_fault", "n_boot", "seed", "auroc",
+        "accuracy_deployable", "p_raw", "p_adjusted", "per_condition",
     ]
+    assert ref["family_size"] == 3 and ref["correction"] == "holm" and ref["margin"] == 0.005
     assert set(ref["per_condition"]) == {"cold", "warm"}
-    assert all("verdict" in g for g in ref["per_condition"].values())
+    assert all({"verdict", "p_raw", "p_adjusted"} <= set(g)
+               for g in ref["per_condition"].values())
     # the point estimate is that of the aligned scores
     ta, tb = a[a.role == "test"], b[b.role == "test"]
     y = (ta.label != "good").to_numpy()
     expect = roc_auc_score(y, tb.score) - roc_auc_score(y, ta.score)
     assert np.isclose(ref["auroc"]["delta"], expect, atol=1e-6)
-    assert ref["verdict"] == verdict(ref["auroc"]["ci95"])
+    assert ref["verdict"] == decide(ref["p_adjusted"])
 
 
 def test_compare_experiments_rejects_different_sets():

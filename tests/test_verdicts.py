@@ -18,9 +18,10 @@ from hdmap_ad.report.hypothesis import (
     Draw,
     _rng,
     draw_strata,
-    hierarchical_deltas,
+    crossed_deltas,
     hypothesis_report,
 )
+from hdmap_ad.report.verdicts import adjust, decide, p_values
 from tests.conftest import REPO
 
 
@@ -41,26 +42,34 @@ def _auc_delta(d: Draw, idx: np.ndarray, m: np.ndarray) -> float:
     return roc_auc_score(y, d.s_b[idx][m]) - roc_auc_score(y, d.s_a[idx][m])
 
 
-def test_two_level_bootstrap_equals_a_brute_force_loop_with_the_same_draws():
-    draws = [_draw(i) for i in range(3)]
+def test_crossed_bootstrap_equals_a_brute_force_loop_with_the_same_draws():
+    # seed 1 lacks two maps (its held-out references): it evaluates the drawn maps it has
+    full = [_draw(i) for i in range(3)]
+    keep = np.ones(len(full[1].y), bool)
+    keep[[4, 7]] = False
+    d1 = full[1]
+    draws = [full[0], Draw(d1.y[keep], d1.conditions[keep], d1.s_a[keep], d1.s_b[keep],
+                           d1.thr_a, d1.thr_b, np.flatnonzero(keep)), full[2]]
     n_boot, n_seeds = 60, len(draws)
-    fast = hierarchical_deltas(draws, n_boot, np.random.default_rng(5))
+    fast, singles = crossed_deltas(draws, n_boot, np.random.default_rng(5))
 
-    # the documented draw order, replayed; then every slot evaluated one by one with sklearn
+    # the documented draw order, replayed: one map resample over the union's strata, then
+    # the seeds; every drawn seed evaluated on the same maps with sklearn
     rng = np.random.default_rng(5)
-    slot_seed = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
-    resamples = {}
-    for s, d in enumerate(draws):
-        rows = int((slot_seed == s).sum())
-        parts = [at[rng.integers(0, len(at), size=(rows, len(at)))] for at in draw_strata(d)]
-        resamples[s] = list(np.concatenate(parts, axis=1))
-    used = dict.fromkeys(range(n_seeds), 0)
+    union = full[0]  # ids "0".."29": the union's sorted order is the string order
+    order = np.argsort(union.map_ids.astype(str))
+    sorted_union = Draw(union.y[order], union.conditions[order], union.s_a[order],
+                        union.s_b[order], map_ids=union.map_ids[order])
+    parts = [at[rng.integers(0, len(at), size=(n_boot, len(at)))]
+             for at in draw_strata(sorted_union)]
+    maps = sorted_union.map_ids[np.concatenate(parts, axis=1)]  # (B, N) drawn map ids
+    picks = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
     slow = {c: np.zeros((n_boot, n_seeds)) for c in (*CLAIMS, "accuracy")}
     for b in range(n_boot):
         for j in range(n_seeds):
-            s = slot_seed[b, j]
-            d, idx = draws[s], resamples[s][used[s]]
-            used[s] += 1
+            d = draws[picks[b, j]]
+            pos = {m: k for k, m in enumerate(d.map_ids)}
+            idx = np.array([pos[m] for m in maps[b] if m in pos])
             cond = d.conditions[idx]
             slow["pooled"][b, j] = _auc_delta(d, idx, np.ones(len(idx), bool))
             slow["cold"][b, j] = _auc_delta(d, idx, cond == "cold")
@@ -72,25 +81,33 @@ def test_two_level_bootstrap_equals_a_brute_force_loop_with_the_same_draws():
     for c in CLAIMS:
         assert np.allclose(fast["auroc"][c], slow[c].mean(axis=1), atol=1e-12), c
     assert np.allclose(fast["accuracy"]["pooled"], slow["accuracy"].mean(axis=1), atol=1e-12)
+    # the single-draw deltas are each seed on the same map resamples
+    for k, d in enumerate(draws):
+        pos = {m: i for i, m in enumerate(d.map_ids)}
+        one = [_auc_delta(d, np.array([pos[m] for m in maps[b] if m in pos]),
+                          np.ones(sum(m in pos for m in maps[b]), bool)) for b in range(n_boot)]
+        assert np.allclose(singles[k]["auroc"]["pooled"], one, atol=1e-12)
 
 
-def test_two_level_bootstrap_agrees_in_distribution_with_a_naive_loop():
+def test_crossed_bootstrap_agrees_in_distribution_with_a_naive_loop():
     """An independent textbook implementation (other generator, class-and-condition strata
-    drawn map by map) gives the same resampling distribution within Monte Carlo error."""
+    drawn map by map, one map resample shared by the drawn seeds) gives the same resampling
+    distribution within Monte Carlo error."""
     draws = [_draw(10 + i, n=36, effect=0.2 * i, round_to=None) for i in range(4)]
-    fast = hierarchical_deltas(draws, 4000, np.random.default_rng(0))["auroc"]["pooled"]
+    fast = crossed_deltas(draws, 4000, np.random.default_rng(0))[0]["auroc"]["pooled"]
+
     def auc(y, s):  # Mann-Whitney by pairwise comparison, ties one half
         p, q = s[y == 1][:, None], s[y == 0][None, :]
         return np.mean(p > q) + 0.5 * np.mean(p == q)
 
     rng = np.random.default_rng(123)
     naive = []
+    strata = draw_strata(draws[0])  # all draws score the same maps in the same order
     for _ in range(1500):
-        deltas = []
-        for s in rng.integers(0, len(draws), len(draws)):
-            d = draws[s]
-            idx = np.concatenate([rng.choice(at, len(at)) for at in draw_strata(d)])
-            deltas.append(auc(d.y[idx], d.s_b[idx]) - auc(d.y[idx], d.s_a[idx]))
+        idx = np.concatenate([rng.choice(at, len(at)) for at in strata])
+        deltas = [auc(draws[s].y[idx], draws[s].s_b[idx]) - auc(draws[s].y[idx],
+                                                                draws[s].s_a[idx])
+                  for s in rng.integers(0, len(draws), len(draws))]
         naive.append(np.mean(deltas))
     naive = np.asarray(naive)
     assert abs(fast.mean() - naive.mean()) < 0.2 * naive.std()
@@ -99,32 +116,52 @@ def test_two_level_bootstrap_agrees_in_distribution_with_a_naive_loop():
                        atol=0.35 * naive.std())
 
 
-def test_two_level_bootstrap_is_deterministic_and_widens_with_the_draw_spread():
+def test_crossed_bootstrap_is_deterministic_and_widens_with_the_draw_spread():
     # two reference draws where b changes nothing, one where b separates the classes
     draws = [_draw(i, n=60, round_to=None) for i in range(3)]
     draws = [Draw(d.y, d.conditions, d.s_a, d.s_a + (3.0 * d.y if i == 2 else 0.0))
              for i, d in enumerate(draws)]
-    one = hierarchical_deltas(draws, 500, np.random.default_rng(3))
-    two = hierarchical_deltas(draws, 500, np.random.default_rng(3))
+    one, singles = crossed_deltas(draws, 500, np.random.default_rng(3))
+    two, _ = crossed_deltas(draws, 500, np.random.default_rng(3))
     assert all(np.array_equal(one["auroc"][c], two["auroc"][c]) for c in CLAIMS)
-    other = hierarchical_deltas(draws, 500, np.random.default_rng(4))
+    other, _ = crossed_deltas(draws, 500, np.random.default_rng(4))
     assert not np.array_equal(one["auroc"]["pooled"], other["auroc"]["pooled"])
-    # the draws disagree: the two-level interval is wider than that of the same mean over
+    # the draws disagree: the crossed interval is wider than that of the same mean over
     # seeds with the seeds held fixed (test maps resampled only)
     width = np.ptp(np.percentile(one["auroc"]["pooled"], [2.5, 97.5]))
-    fixed = np.mean([hierarchical_deltas([d], 500, np.random.default_rng(10 + i))["auroc"][
-        "pooled"] for i, d in enumerate(draws)], axis=0)
+    fixed = np.mean([s["auroc"]["pooled"] for s in singles], axis=0)
     assert width > 1.5 * np.ptp(np.percentile(fixed, [2.5, 97.5]))
+
+
+def test_identical_copies_of_one_draw_give_the_single_draw_interval():
+    """Seeds that score alike carry no seed variance: five copies of one draw must give that
+    draw's own interval (the nested scheme narrowed it about sqrt(5)-fold)."""
+    d = _draw(3, n=60, round_to=None)
+    crossed, singles = crossed_deltas([d] * 5, 800, np.random.default_rng(11))
+    for metric in ("auroc", "accuracy"):
+        for c in CLAIMS:
+            assert np.allclose(np.percentile(crossed[metric][c], [2.5, 97.5]),
+                               np.percentile(singles[0][metric][c], [2.5, 97.5]),
+                               rtol=0, atol=1e-9), (metric, c)
+
+
+def test_draws_must_agree_on_a_shared_map():
+    d = _draw(0)
+    flipped = Draw(1 - d.y, d.conditions, d.s_a, d.s_b)
+    with pytest.raises(ValueError, match="label or condition differs"):
+        crossed_deltas([d, flipped], 10, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="map_ids repeat"):
+        Draw(d.y[:4], d.conditions[:4], d.s_a[:4], d.s_b[:4], map_ids=["a", "a", "b", "c"])
 
 
 def test_undefined_claims_are_none():
     d = _draw(0, thr=None)
-    out = hierarchical_deltas([d], 50, np.random.default_rng(0))
+    out, _ = crossed_deltas([d], 50, np.random.default_rng(0))
     assert all(v is None for v in out["accuracy"].values())
     y = np.array([0, 1, 0, 1, 0, 0])
     cond = np.array(["cold", "cold", "cold", "cold", "warm", "warm"])  # warm: goods only
     d = Draw(y, cond, np.arange(6.0), np.arange(6.0)[::-1], 1.0, 1.0)
-    out = hierarchical_deltas([d], 20, np.random.default_rng(0))
+    out, _ = crossed_deltas([d], 20, np.random.default_rng(0))
     assert out["auroc"]["warm"] is None and out["auroc"]["condition_macro"] is None
     assert out["auroc"]["cold"] is not None and out["accuracy"]["warm"] is not None
 
@@ -215,18 +252,31 @@ def test_report_numbers_match_the_bootstrap_and_are_deterministic(tmp_path):
     draws = [Draw(*(np.asarray(x) for x in (
         (t[0][t[0].role == "test"].label == "fault").astype(int),
         t[0][t[0].role == "test"].condition, t[0][t[0].role == "test"].score,
-        t[1][t[1].role == "test"].score)), 0.5, 0.7) for t in tables.values()]
-    boot = hierarchical_deltas(draws, 400, _rng(7, "C", 4, 0))
+        t[1][t[1].role == "test"].score)), 0.5, 0.7, t[0][t[0].role == "test"].image_id)
+        for t in tables.values()]
+    boot, singles = crossed_deltas(draws, 400, _rng(7, "C", 4, 0))
     for c in CLAIMS:
         ci = np.percentile(boot["auroc"][c], [2.5, 97.5])
         assert np.allclose(entry["claims"][c]["auroc"]["ci95"], ci, atol=1e-6)
         per = [p["auroc"][c]["delta"] for p in entry["per_seed"]]
         assert np.isclose(entry["claims"][c]["auroc"]["delta"], np.mean(per), atol=1e-6)
+        assert np.allclose(entry["per_seed"][1]["auroc"][c]["ci95"],
+                           np.percentile(singles[1]["auroc"][c], [2.5, 97.5]), atol=1e-6)
+        # p-values and verdicts: the family is the 4 claims of this one domain x budget
+        raw = p_values(boot["auroc"][c], entry["claims"][c]["auroc"]["delta"], 0.0,
+                       "normal")  # 400 resamples cannot resolve 2.5% / 4
+        assert entry["claims"][c]["p_raw"] == pytest.approx(raw, abs=1e-5)  # 5 decimals
+    assert h["family_size"] == 4 and h["correction"] == "holm" and h["p_method"] == "normal"
+    adjusted = adjust([entry["claims"][c]["p_raw"] for c in CLAIMS], "holm")
+    for c, adj in zip(CLAIMS, adjusted, strict=True):
+        assert entry["claims"][c]["p_adjusted"] == pytest.approx(adj, abs=1e-5)
+        assert entry["claims"][c]["verdict"] == decide(entry["claims"][c]["p_adjusted"])
     y = draws[0].y
     expect = roc_auc_score(y, draws[0].s_b) - roc_auc_score(y, draws[0].s_a)
     assert np.isclose(entry["per_seed"][0]["auroc"]["pooled"]["delta"], expect, atol=1e-6)
     assert entry["claims"]["pooled"]["auroc"]["single_draw"]["ref_seed"] == 0
-    assert h["bootstrap"]["citation"].startswith("Davison & Hinkley (1997)")
+    assert h["bootstrap"]["citation"].startswith("Owen (2007)")
+    assert "interaction" in h["bootstrap"]["covers"]
 
 
 def test_macro_row_averages_domains_with_independent_resamples(tmp_path):
@@ -243,15 +293,15 @@ def test_macro_row_averages_domains_with_independent_resamples(tmp_path):
     for c in CLAIMS:
         per = [h["results"][d][0]["claims"][c]["auroc"]["delta"] for d in ("A", "C")]
         assert np.isclose(macro["claims"][c]["auroc"]["delta"], np.mean(per), atol=1e-6)
-    # its interval: the per-domain two-level resamples (independent streams) averaged
+    # its interval: the per-domain crossed resamples (independent streams) averaged
     boots = []
     for domain in ("A", "C"):
         draws = []
         for s in range(2):
             ta, tb = (t[t.role == "test"] for t in tables[(domain, s)])
             draws.append(Draw((ta.label == "fault").astype(int), ta.condition, ta.score,
-                              tb.score, 0.5, 0.7))
-        boots.append(hierarchical_deltas(draws, 400, _rng(0, domain, 4, 0))["auroc"]["pooled"])
+                              tb.score, 0.5, 0.7, ta.image_id))
+        boots.append(crossed_deltas(draws, 400, _rng(0, domain, 4, 0))[0]["auroc"]["pooled"])
     ci = np.percentile(np.mean(boots, axis=0), [2.5, 97.5])
     assert np.allclose(macro["claims"]["pooled"]["auroc"]["ci95"], ci, atol=1e-6)
     assert macro["verdict"] == macro["claims"]["pooled"]["verdict"]
@@ -259,7 +309,14 @@ def test_macro_row_averages_domains_with_independent_resamples(tmp_path):
     # a domain's numbers do not depend on which other domains are compared
     alone = hypothesis_report(_spec(tmp_path, {k: v for k, v in tables.items() if k[0] == "C"},
                                     claim="pooled", default=False))
-    assert alone["results"]["C"] == h["results"]["C"] and "macro" not in alone
+    # (its numbers, not its verdicts: those are adjusted over the family, which grew)
+    def numbers(x):
+        if isinstance(x, dict):
+            return {k: numbers(v) for k, v in x.items() if k not in ("verdict", "p_adjusted")}
+        return [numbers(v) for v in x] if isinstance(x, list) else x
+
+    assert numbers(alone["results"]["C"]) == numbers(h["results"]["C"]) and "macro" not in alone
+    assert alone["family_size"] == 4 and h["family_size"] == 12
 
 
 def test_gate_routing_is_split_by_condition_and_label(tmp_path):
@@ -365,7 +422,8 @@ def test_report_paragraph_table_and_forest_plot(tmp_path):
     text = hypothesis_paragraph(h)
     for needle in ("condition-macro AUROC", "`claim: condition_macro`", "2 reference seeds",
                    "held out of scoring", "4 cold + 4 warm", "budgets 4", "domains A, C",
-                   "Davison & Hinkley 1997", "single draw, seed 0", "macro average over domains",
+                   "Owen 2007", "single draw, seed 0", "macro average over domains",
+                   "margin of 0 AUROC", "Holm-adjusted over a family of 12 verdicts",
                    "**inconclusive**"):
         assert needle in text, needle
     lines = _hypothesis_lines(str(path), tmp_path / "figures", tmp_path)

@@ -18,16 +18,15 @@ Intervals are the 2.5 / 97.5 percentiles of the resampled deltas (``np.percentil
 interpolation); point estimates are computed on the full sample.
 
 A hypothesis's verdict (:func:`hypothesis_report`) also accounts for the draw of the references:
-each arm runs over several reference seeds, and a **two-level (hierarchical) bootstrap**
-resamples the seeds, then the test maps within each resampled seed (paired between the arms,
-stratified by condition x class); the statistic of one resample is the mean over its resampled
-seeds of delta (:func:`hierarchical_deltas`). This is the two-stage bootstrap of Davison &
-Hinkley (1997), *Bootstrap Methods and their Application*, section 3.8 (resampling the
-clusters, then within them: the between-draw variance is carried by the first stage), as
-studied for hierarchical data by Ren et al. (2010), *Nonparametric bootstrapping for
-hierarchical data*, J. Appl. Stat. 37(9). Each verdict is given on four claims
-(:data:`CLAIMS`): the pooled AUROC, the condition-macro AUROC (mean of cold and warm AUROC:
-detection within a condition, blind to whether one threshold serves both), and each condition.
+each arm runs over several reference seeds, and every seed scores (nearly) the same test maps,
+so seeds and maps are **crossed**. A **pigeonhole bootstrap** (Owen 2007) resamples the seeds
+and, once per resample, the test maps (paired between the arms, stratified by condition x
+class), applying the same maps to every drawn seed; the statistic of one resample is the mean
+over its drawn seeds of delta (:func:`crossed_deltas`, which says which variance components
+the interval covers). Each verdict is given on four claims (:data:`CLAIMS`): the pooled AUROC,
+the condition-macro AUROC (mean of cold and warm AUROC: detection within a condition, blind to
+whether one threshold serves both), and each condition; the verdicts are tests against a
+margin with a family-wise correction (:mod:`hdmap_ad.report.verdicts`).
 """
 
 from __future__ import annotations
@@ -44,6 +43,7 @@ from sklearn.metrics import roc_auc_score
 
 from hdmap_ad.metrics.image import accuracy_at, round_floats
 from hdmap_ad.metrics.report import gate_summary
+from hdmap_ad.report import verdicts
 
 #: Percentiles of the reported interval (a 95% percentile bootstrap interval).
 PERCENTILES = (2.5, 97.5)
@@ -52,10 +52,6 @@ CONDITION_ORDER = ("cold", "warm")
 #: Resampled values ranked at once (memory bound of the vectorised AUROC).
 _CHUNK_VALUES = 2_000_000
 
-VERDICT_RULE = (
-    "supported: the whole 95% interval of delta AUROC (B - A) lies above +margin; "
-    "refuted: it lies entirely below -margin (B clearly worse); otherwise inconclusive"
-)
 #: The statistics a verdict can be about (``claim``), in report order.
 CLAIMS = ("pooled", "condition_macro", "cold", "warm")
 CLAIM_TEXT = {
@@ -65,15 +61,23 @@ CLAIM_TEXT = {
     "warm": "AUROC on the warm test maps",
 }
 BOOTSTRAP_METHOD = (
-    "two-level (hierarchical) paired bootstrap: each resample draws the reference seeds with "
-    "replacement, then, within each drawn seed, that seed's test maps with replacement "
-    "(stratified by condition x class, the same maps for both arms); its statistic is the "
-    "mean over the drawn seeds of delta (B - A); 95% percentile interval"
+    "crossed (pigeonhole) paired bootstrap over reference seeds x test maps: each resample "
+    "draws the reference seeds with replacement and one resample of the test maps (stratified "
+    "by condition x class, the same maps for both arms and for every drawn seed; a seed lacking "
+    "a drawn map, one of its own held-out references, evaluates the drawn maps it has); its "
+    "statistic is the mean over the drawn seeds of delta (B - A); 95% percentile interval"
 )
 BOOTSTRAP_CITATION = (
-    "Davison & Hinkley (1997), Bootstrap Methods and their Application, Cambridge UP, "
-    "section 3.8 (two-stage resampling of hierarchical data); Ren, Lai, Zhou et al. (2010), "
-    "Nonparametric bootstrapping for hierarchical data, J. Appl. Stat. 37(9):1487-1498"
+    "Owen (2007), The pigeonhole bootstrap, Ann. Appl. Stat. 1(2):386-411; McCullagh (2000), "
+    "Resampling and exchangeable arrays, Bernoulli 6(2):285-301"
+)
+#: Which variance components the interval covers (see :func:`crossed_deltas`).
+BOOTSTRAP_COVERS = (
+    "covers the reference draw (seed effect), the test maps (map effect shared by all seeds) "
+    "and their interaction (over-counted: mildly conservative); leaves out a new test "
+    "population beyond these maps and variability the seeds do not vary. With few seeds the "
+    "seed component is estimated from their spread only (an interval over 3 seeds cannot "
+    "cover a large seed effect); with one seed the interval is conditional on that draw"
 )
 
 
@@ -166,7 +170,8 @@ def _group_bootstrap(
         a, b = float(roc_auc_score(y, s_a)), float(roc_auc_score(y, s_b))
         boot_a = batched_auroc(s_a[pos_idx], s_a[neg_idx])
         boot_b = batched_auroc(s_b[pos_idx], s_b[neg_idx])
-        auroc = {"a": a, "b": b, "delta": b - a, "ci95": _interval(boot_b - boot_a)}
+        auroc = {"a": a, "b": b, "delta": b - a, "ci95": _interval(boot_b - boot_a),
+                 "resamples": boot_b - boot_a}
 
     acc: dict[str, Any] = {"a": None, "b": None, "delta": None, "ci95": None}
     if thr_a is not None and thr_b is not None and len(y):
@@ -204,6 +209,7 @@ def paired_bootstrap(
     n_boot: int = 2000,
     seed: int = 0,
     conditions: np.ndarray | None = None,
+    with_resamples: bool = False,
 ) -> dict[str, Any]:
     """Paired, class-stratified bootstrap of delta AUROC and delta deployable accuracy (B - A).
 
@@ -223,6 +229,8 @@ def paired_bootstrap(
         conditions: optional ``(N,)`` condition per map; adds ``per_condition`` with the same
             statistics per value (``cold``, ``warm`` first, then others sorted). Within a
             condition lacking a class, the AUROC entries are None.
+        with_resamples: keep each group's ``(n_boot,)`` resampled delta AUROC as
+            ``auroc.resamples`` (for tests on them; not JSON).
 
     Returns:
         ``{"n", "n_good", "n_fault", "n_boot", "seed", "auroc", "accuracy_deployable"
@@ -268,29 +276,10 @@ def paired_bootstrap(
             m = conditions == c
             per_condition[c] = _group_bootstrap(y[m], s_a[m], s_b[m], thr_a, thr_b, n_boot, seed)
         out["per_condition"] = per_condition
+    if not with_resamples:
+        for group in (out, *out.get("per_condition", {}).values()):
+            group["auroc"].pop("resamples", None)
     return out
-
-
-def verdict(interval: Sequence[float] | None, margin: float = 0.0) -> str:
-    """Verdict of a hypothesis "B is better than A" from the 95% interval of delta AUROC.
-
-    Args:
-        interval: ``[lo, hi]`` of delta AUROC ``B - A`` (None when undefined).
-        margin: smallest difference that counts (>= 0), in AUROC units.
-
-    Returns:
-        ``"supported"`` when ``lo > margin`` (B better by more than the margin with 95%
-        confidence), ``"refuted"`` when ``hi < -margin`` (B clearly worse), otherwise
-        ``"inconclusive"`` (the interval reaches into ``[-margin, margin]``, or is None).
-    """
-    if interval is None:
-        return "inconclusive"
-    lo, hi = float(interval[0]), float(interval[1])
-    if lo > margin:
-        return "supported"
-    if hi < -margin:
-        return "refuted"
-    return "inconclusive"
 
 
 def _deployable_threshold(scores: pd.DataFrame) -> tuple[float | None, int]:
@@ -338,7 +327,8 @@ def compare_experiments(
     scores_b: pd.DataFrame,
     n_boot: int = 2000,
     seed: int = 0,
-    margin: float = 0.0,
+    margin: float = verdicts.DEFAULT_MARGIN,
+    correction: str = "holm",
 ) -> dict[str, Any]:
     """Compare two experiments on the same test maps: paired bootstrap and verdict (B vs A).
 
@@ -352,13 +342,16 @@ def compare_experiments(
         scores_b: scores table of arm B (the arm claimed better).
         n_boot: number of bootstrap resamples.
         seed: bootstrap seed.
-        margin: verdict margin in AUROC units (see :func:`verdict`).
+        margin: verdict margin in AUROC units (``hdmap_ad.report.verdicts``).
+        correction: family-wise correction over the verdicts reported here (all maps and each
+            condition): ``holm`` or ``none``.
 
     Returns:
         JSON-ready dict, stable key order, floats rounded (``round_floats``): ``verdict``,
-        ``verdict_rule``, ``margin``, ``thresholds`` (deployable threshold and reference_cv
-        count per arm), then the :func:`paired_bootstrap` fields; each ``per_condition`` entry
-        carries its own ``verdict``.
+        ``verdict_rule``, ``margin``, ``correction``, ``family_size``, ``p_method``,
+        ``level``, ``thresholds`` (deployable threshold and reference_cv count per arm), then
+        the :func:`paired_bootstrap` fields, with ``p_raw`` and ``p_adjusted``; each
+        ``per_condition`` entry carries its own ``verdict`` and p-values.
 
     Raises:
         ValueError: when the test image sets differ (counts named), an image_id repeats, or an
@@ -376,15 +369,27 @@ def compare_experiments(
         n_boot=n_boot,
         seed=seed,
         conditions=joined.condition_a.astype(str).to_numpy(),
+        with_resamples=True,
     )
-    per_condition = {
-        c: {**grp, "verdict": verdict(grp["auroc"]["ci95"], margin)}
-        for c, grp in boot.pop("per_condition").items()
-    }
+    per_condition = boot.pop("per_condition")
+    groups = [boot, *per_condition.values()]
+    family = [g for g in groups if g["auroc"]["delta"] is not None]
+    method = verdicts.p_method(n_boot, len(family))
+    raw = [verdicts.p_values(g["auroc"]["resamples"], g["auroc"]["delta"], margin, method)
+           for g in family]
+    for g, r, a in zip(family, raw, verdicts.adjust(raw, correction), strict=True):
+        g.update(verdict=verdicts.decide(a), p_raw=r, p_adjusted=a)
+    for g in groups:
+        g["auroc"].pop("resamples", None)
+        g.setdefault("verdict", "inconclusive")
     out: dict[str, Any] = {
-        "verdict": verdict(boot["auroc"]["ci95"], margin),
-        "verdict_rule": VERDICT_RULE,
+        "verdict": boot.pop("verdict"),
+        "verdict_rule": verdicts.VERDICT_RULE,
         "margin": float(margin),
+        "correction": correction,
+        "family_size": len(family),
+        "p_method": method,
+        "level": verdicts.LEVEL,
         "thresholds": {
             "a": {"deployable": thr_a, "reference_cv_scored": n_cv_a},
             "b": {"deployable": thr_b, "reference_cv_scored": n_cv_b},
@@ -395,14 +400,16 @@ def compare_experiments(
     return round_floats(out)
 
 
-# -- two-level bootstrap over reference draws ------------------------------------------------
+# -- crossed bootstrap over reference draws x test maps --------------------------------------
 @dataclass(frozen=True)
 class Draw:
     """One reference draw of a hypothesis: both arms scored on the same test maps.
 
     ``y`` (N,) 0/1 with 1 = fault; ``conditions`` (N,) str (``cold``/``warm``; one value
     everywhere when the data has none); ``s_a``/``s_b`` (N,) scores of arms A and B;
-    ``thr_a``/``thr_b`` their deployable thresholds (None: no accuracy comparison).
+    ``thr_a``/``thr_b`` their deployable thresholds (None: no accuracy comparison);
+    ``map_ids`` (N,) the maps' ids (str), which align the draws of one domain (default: the
+    positions, for draws that score the same maps in the same order).
     """
 
     y: np.ndarray
@@ -411,6 +418,7 @@ class Draw:
     s_b: np.ndarray
     thr_a: float | None = None
     thr_b: float | None = None
+    map_ids: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         y = np.asarray(self.y).astype(np.int64)
@@ -418,9 +426,13 @@ class Draw:
         object.__setattr__(self, "conditions", np.asarray(self.conditions).astype(str))
         object.__setattr__(self, "s_a", np.asarray(self.s_a, dtype=np.float64))
         object.__setattr__(self, "s_b", np.asarray(self.s_b, dtype=np.float64))
+        ids = np.arange(len(y)) if self.map_ids is None else np.asarray(self.map_ids)
+        object.__setattr__(self, "map_ids", ids.astype(str))
         if y.ndim != 1 or any(np.shape(x) != y.shape
-                              for x in (self.conditions, self.s_a, self.s_b)):
-            raise ValueError("a draw's y, conditions, s_a and s_b must be (N,) alike")
+                              for x in (self.conditions, self.s_a, self.s_b, self.map_ids)):
+            raise ValueError("a draw's y, conditions, s_a, s_b and map_ids must be (N,) alike")
+        if len(np.unique(self.map_ids)) != len(y):
+            raise ValueError("a draw's map_ids repeat")
         if not 0 < y.sum() < len(y):
             raise ValueError(f"both classes are needed: {int(y.sum())} fault, "
                              f"{int(len(y) - y.sum())} good")
@@ -456,11 +468,15 @@ def stratified_counts(strata: list[np.ndarray], n_maps: int, n_rows: int,
 class _Deltas:
     """Delta AUROC / deployable accuracy (B - A) of one draw under resampling weights.
 
-    With multiplicities ``w`` of the maps, a resample's AUROC is
-    ``sum_ij w_i w_j K[i, j] / (P Q)`` over positives i and negatives j, ``K = 1[s_i > s_j] +
-    1/2 1[s_i == s_j]`` (the Mann-Whitney statistic, ties one half, as sklearn); both arms see
-    the same ``w``, so delta AUROC is the same form over ``K_b - K_a``: one matrix product per
-    condition gives every claim of every resample at once.
+    With multiplicities ``w`` of the maps, a resample's AUROC is the AUROC of the multiset:
+    ``sum_ij w_i w_j K[i, j] / (sum_i w_i * sum_j w_j)`` over positives i and negatives j,
+    ``K = 1[s_i > s_j] + 1/2 1[s_i == s_j]`` (the Mann-Whitney statistic, ties one half, as
+    sklearn); both arms see the same ``w``, so delta AUROC is the same form over ``K_b - K_a``:
+    one matrix product per condition gives every claim of every resample at once. The
+    denominators are the resample's own weights (not the draw's counts) because a resample of
+    the union of several seeds' test maps can draw a map this seed did not score (one of its
+    held-out references): the seed then evaluates the drawn maps it has. A claim whose
+    resample holds no positive or no negative is NaN in that resample.
     """
 
     def __init__(self, draw: Draw):
@@ -487,22 +503,21 @@ class _Deltas:
         no cold/warm for the macro) is None."""
         w = counts.astype(np.float64)
         wp, wn = w[:, self.pos_at], w[:, self.neg_at]
-        n_p, n_q = len(self.pos_at), len(self.neg_at)
         auroc: dict[str, np.ndarray | None] = {}
-        pooled = np.zeros(len(w))
-        for c in self.conds:
-            pc, nc = self.pos_cond == c, self.neg_cond == c
-            m = wp[:, pc] @ self.k_delta[pc]  # (R, Q): condition-c positives vs all negatives
-            pooled += np.einsum("rq,rq->r", m, wn)
-            auroc[c] = (np.einsum("rq,rq->r", m[:, nc], wn[:, nc]) / (pc.sum() * nc.sum())
-                        if pc.any() and nc.any() else None)
-        auroc["pooled"] = pooled / (n_p * n_q)
-        accuracy: dict[str, np.ndarray | None] = dict.fromkeys(auroc)
-        if self.correct is not None:
-            accuracy["pooled"] = w @ self.correct / len(self.correct)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            m = wp @ self.k_delta  # (R, Q): every positive against each negative
+            auroc["pooled"] = (m * wn).sum(axis=1) / (wp.sum(axis=1) * wn.sum(axis=1))
             for c in self.conds:
-                m = self.draw.conditions == c
-                accuracy[c] = w[:, m] @ self.correct[m] / m.sum()
+                pc, nc = self.pos_cond == c, self.neg_cond == c
+                auroc[c] = ((wp[:, pc] @ self.k_delta[np.ix_(pc, nc)] * wn[:, nc]).sum(axis=1)
+                            / (wp[:, pc].sum(axis=1) * wn[:, nc].sum(axis=1))
+                            if pc.any() and nc.any() else None)
+            accuracy: dict[str, np.ndarray | None] = dict.fromkeys(auroc)
+            if self.correct is not None:
+                accuracy["pooled"] = w @ self.correct / w.sum(axis=1)
+                for c in self.conds:
+                    at = self.draw.conditions == c
+                    accuracy[c] = w[:, at] @ self.correct[at] / w[:, at].sum(axis=1)
         out = {"auroc": auroc, "accuracy": accuracy}
         for stats in out.values():
             cold, warm = stats.get("cold"), stats.get("warm")
@@ -513,56 +528,99 @@ class _Deltas:
         return out
 
 
-def hierarchical_deltas(
+Deltas = dict[str, dict[str, "np.ndarray | None"]]
+
+
+def _union_maps(draws: Sequence[Draw]) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                 list[np.ndarray]]:
+    """The union of the draws' test maps: ``(ids, y, conditions, positions)``, ids sorted,
+    and for each draw the union position of each of its maps. Raises ValueError when a map's
+    label or condition differs between draws."""
+    ids = np.unique(np.concatenate([d.map_ids for d in draws]))
+    y = np.full(len(ids), -1, dtype=np.int64)
+    cond = np.empty(len(ids), dtype=object)
+    positions = []
+    for k, d in enumerate(draws):
+        at = np.searchsorted(ids, d.map_ids)
+        seen = y[at] >= 0
+        if (y[at][seen] != d.y[seen]).any() or (cond[at][seen] != d.conditions[seen]).any():
+            raise ValueError(f"reference draw {k}: a test map's label or condition differs "
+                             "from another draw's")
+        y[at], cond[at] = d.y, d.conditions
+        positions.append(at)
+    return ids, y, cond.astype(str), positions
+
+
+def crossed_deltas(
     draws: Sequence[Draw], n_boot: int, rng: np.random.Generator
-) -> dict[str, dict[str, np.ndarray | None]]:
-    """Two-level paired bootstrap of delta AUROC and delta deployable accuracy (B - A).
+) -> tuple[Deltas, list[Deltas]]:
+    """Paired bootstrap of delta AUROC and delta deployable accuracy (B - A) over reference
+    seeds crossed with test maps.
 
-    Resample ``b`` draws ``S`` seeds with replacement from the ``S`` draws; for each of its
-    ``S`` slots, a stratified resample of that seed's test maps (condition x class strata,
-    the same maps for both arms, an independent resample per slot even when a seed is drawn
-    twice); its statistic is the mean over the slots of the per-slot delta. With one draw this
-    is the single-draw paired bootstrap.
+    Every reference seed scores (nearly) the same test maps: seeds and maps are crossed, not
+    nested. Each resample therefore draws the seeds with replacement **and one** stratified
+    resample of the test maps (condition x class strata over the union of the seeds' maps,
+    the same maps for both arms), applies that same multiset of maps to every drawn seed, and
+    takes the mean over the drawn seeds of delta. A seed lacking a drawn map (one of its own
+    held-out references) evaluates the drawn maps it has (:class:`_Deltas`). This is the
+    pigeonhole bootstrap of Owen (2007), *The pigeonhole bootstrap*, Ann. Appl. Stat. 1(2):
+    386-411, for a two-factor crossed random-effects design (seeds x maps), and the scheme
+    McCullagh (2000), *Resampling and exchangeable arrays*, Bernoulli 6(2), shows to be
+    mildly conservative.
 
-    Draw order (what a reimplementation must repeat to get the same numbers):
-    ``J = rng.integers(0, S, size=(n_boot, S))``; then for each seed ``s = 0..S-1`` in turn,
-    with ``R_s`` the number of slots where ``J == s`` (taken in row-major order),
-    :func:`stratified_counts` of ``R_s`` rows over :func:`draw_strata`.
+    Variance components: with ``delta[s, t] = mu + r_s + m_t + e_st`` (seed effect, map
+    effect shared by all seeds, seed x map interaction), the mean over S seeds and T maps has
+    variance ``s_r^2 / S + s_m^2 / T + s_e^2 / (S T)``. The resampled means carry about
+    ``s_r^2 / S + s_m^2 / T + 3 s_e^2 / (S T)`` (Owen 2007, Theorem 2): all three components
+    are covered, the interaction over-counted (conservative). Left out: the sampling of the
+    test set's own distribution beyond these maps (a new recording campaign), the choice of
+    training maps the references are drawn from, and the method's variability beyond what the
+    seeds vary. With few seeds the seed component is estimated from S values only: a
+    percentile bootstrap over S seeds cannot put an interval wider than their spread, so a
+    seed effect large against the map-level standard error is under-covered at S = 3
+    (``make bench-verdicts`` shows it); with one seed the interval is conditional on that
+    draw. The interval narrows with more seeds only through the seed and interaction
+    components: S identical copies of one draw give exactly that draw's interval.
+
+    Draw order (what a reimplementation must repeat to get the same numbers): first the maps,
+    :func:`stratified_counts` of ``n_boot`` rows over the union's strata (:func:`draw_strata`
+    of the union, ids sorted); then the seeds, ``rng.integers(0, S, size=(n_boot, S))``.
 
     Args:
-        draws: the reference draws (seeds), each with both arms' scores.
+        draws: the reference draws (seeds), each with both arms' scores and map ids.
         n_boot: resamples (>= 1).
         rng: the generator (consumed).
 
     Returns:
-        ``{"auroc": {claim: (n_boot,) | None}, "accuracy": {claim: ...}}`` for every claim of
-        :data:`CLAIMS`; None where a claim is undefined on some draw.
+        ``(crossed, per_seed)``: ``crossed`` is ``{"auroc": {claim: (n_boot,) | None},
+        "accuracy": {claim: ...}}`` for every claim of :data:`CLAIMS` (None where a claim is
+        undefined on some draw); ``per_seed[k]`` holds draw k's deltas under the same map
+        resamples (its single-draw bootstrap, the reference draw held fixed).
     """
     if not draws:
         raise ValueError("no draws to resample")
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    ids, y, cond, positions = _union_maps(draws)
+    union = Draw(y, cond, np.zeros(len(y)), np.zeros(len(y)), map_ids=ids)
+    counts = stratified_counts(draw_strata(union), len(ids), n_boot, rng)
     n_seeds = len(draws)
-    slot_seed = rng.integers(0, n_seeds, size=(n_boot, n_seeds)).ravel()
-    out = {m: {c: np.zeros(n_boot * n_seeds) for c in CLAIMS} for m in ("auroc", "accuracy")}
-    undefined: set[tuple[str, str]] = set()
-    for s, draw in enumerate(draws):
-        slots = np.flatnonzero(slot_seed == s)
-        kernel = _Deltas(draw)
-        if not len(slots):
-            # still check which claims the draw supports
-            probe = kernel(np.ones((1, len(draw.y)), dtype=np.int64))
-            undefined |= {(m, c) for m, st in probe.items() for c, v in st.items() if v is None}
-            continue
-        deltas = kernel(stratified_counts(draw_strata(draw), len(draw.y), len(slots), rng))
-        for m, stats in deltas.items():
-            for c, v in stats.items():
-                if v is None:
-                    undefined.add((m, c))
-                else:
-                    out[m][c][slots] = v
-    return {m: {c: None if (m, c) in undefined else v.reshape(n_boot, n_seeds).mean(axis=1)
-                for c, v in stats.items()} for m, stats in out.items()}
+    picks = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+    weight = np.stack([(picks == s).sum(axis=1) for s in range(n_seeds)], axis=1)  # (B, S)
+    per_seed = [_Deltas(d)(counts[:, at]) for d, at in zip(draws, positions, strict=True)]
+    crossed: Deltas = {}
+    for metric in ("auroc", "accuracy"):
+        crossed[metric] = {}
+        for c in CLAIMS:
+            vals = [p[metric][c] for p in per_seed]
+            if any(v is None for v in vals):
+                crossed[metric][c] = None
+                continue
+            v = np.stack(vals, axis=1)  # (B, S)
+            w = np.where(np.isnan(v), 0, weight)
+            with np.errstate(invalid="ignore"):
+                crossed[metric][c] = (np.where(w > 0, v, 0.0) * w).sum(axis=1) / w.sum(axis=1)
+    return crossed, per_seed
 
 
 def _aurocs(y: np.ndarray, s: np.ndarray, cond: np.ndarray) -> dict[str, float | None]:
@@ -594,8 +652,8 @@ def _mean(values: Sequence[float | None]) -> float | None:
 
 
 def _rng(seed: int, domain: str, budget: int | None, stream: int) -> np.random.Generator:
-    """Independent, reproducible stream per hypothesis seed x domain x budget x use
-    (0: the two-level bootstrap, 1 + k: the single-draw bootstrap of the k-th seed)."""
+    """Independent, reproducible stream per hypothesis seed x domain x budget x use (0: the
+    crossed bootstrap, whose map resamples also give each seed's single-draw interval)."""
     key = zlib.crc32(str(domain).encode())
     return np.random.default_rng([int(seed), key, 0 if budget is None else int(budget),
                                   int(stream)])
@@ -632,43 +690,42 @@ def _test_frame(scores: pd.DataFrame) -> pd.DataFrame:
 
 def budget_verdicts(
     pairs: Sequence[dict[str, Any]], tables: dict[str, pd.DataFrame], n_boot: int, seed: int,
-    margin: float, claim: str, domain: str,
-) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray | None]]]:
-    """The verdict entry of one domain x budget over its reference seeds.
+    claim: str, domain: str,
+) -> tuple[dict[str, Any], Deltas]:
+    """The entry of one domain x budget over its reference seeds, without its verdicts (they
+    depend on the whole family: :func:`apply_verdicts`).
 
     Args:
         pairs: the spec's pairs of this domain and budget, one per reference seed, in seed
             order (``variant_a/b[/oracle]``, ``scores_a/b[/oracle]``, ``seed``, ``budget``).
         tables: scores path -> scores table (``image_id, role, label, condition, score``,
             ``gate`` where gated).
-        n_boot, seed, margin, claim: the hypothesis's bootstrap size, seed, verdict margin
-            and claim.
-        domain: the domain (keys the random streams).
+        n_boot, seed, claim: the hypothesis's bootstrap size, seed and claim.
+        domain: the domain (keys the random stream).
 
     Returns:
-        ``(entry, boot)``: the JSON entry (see :func:`hypothesis_report`) and the two-level
-        resampled deltas (for the macro over domains).
+        ``(entry, boot)``: the JSON entry (see :func:`hypothesis_report`) and the crossed
+        resampled deltas (:func:`crossed_deltas`; for the verdicts and the macro over domains).
     """
     budget = pairs[0]["budget"]
     draws, per_seed = [], []
-    for k, pair in enumerate(pairs):
+    for pair in pairs:
         sa, sb = tables[pair["scores_a"]], tables[pair["scores_b"]]
         j = align_test_rows(sa, sb)
         thr_a, n_cv_a = _deployable_threshold(sa)
         thr_b, n_cv_b = _deployable_threshold(sb)
         draw = Draw((j.label_a.astype(str) != "good").to_numpy(), j.condition_a.astype(str),
                     j.score_a.to_numpy(np.float64), j.score_b.to_numpy(np.float64),
-                    thr_a, thr_b)
+                    thr_a, thr_b, j.image_id.astype(str).to_numpy())
         draws.append(draw)
-        single = hierarchical_deltas([draw], n_boot, _rng(seed, domain, budget, 1 + k))
         au_a, au_b = (_aurocs(draw.y, s, draw.conditions) for s in (draw.s_a, draw.s_b))
         ac_a = _accuracies(draw.y, draw.s_a, thr_a, draw.conditions)
         ac_b = _accuracies(draw.y, draw.s_b, thr_b, draw.conditions)
 
-        def block(a: dict, b: dict, boot: dict) -> dict[str, Any]:
+        def block(a: dict, b: dict) -> dict[str, Any]:
             return {c: {"a": a[c], "b": b[c],
-                        "delta": None if a[c] is None or b[c] is None else b[c] - a[c],
-                        "ci95": _ci(boot[c])} for c in CLAIMS}
+                        "delta": None if a[c] is None or b[c] is None else b[c] - a[c]}
+                    for c in CLAIMS}
 
         per_seed.append({
             "ref_seed": pair["seed"], "a": pair["variant_a"], "b": pair["variant_b"],
@@ -676,10 +733,14 @@ def budget_verdicts(
             "n_fault": int(draw.y.sum()),
             "thresholds": {"a": {"deployable": thr_a, "reference_cv_scored": n_cv_a},
                            "b": {"deployable": thr_b, "reference_cv_scored": n_cv_b}},
-            "auroc": block(au_a, au_b, single["auroc"]),
-            "accuracy_deployable": block(ac_a, ac_b, single["accuracy"]),
+            "auroc": block(au_a, au_b),
+            "accuracy_deployable": block(ac_a, ac_b),
         })
-    boot = hierarchical_deltas(draws, n_boot, _rng(seed, domain, budget, 0))
+    boot, singles = crossed_deltas(draws, n_boot, _rng(seed, domain, budget, 0))
+    for entry_k, single in zip(per_seed, singles, strict=True):
+        for metric, key in (("auroc", "auroc"), ("accuracy", "accuracy_deployable")):
+            for c in CLAIMS:
+                entry_k[key][c]["ci95"] = _ci(single[metric][c])
 
     claims: dict[str, Any] = {}
     for c in CLAIMS:
@@ -694,7 +755,7 @@ def budget_verdicts(
                 "single_draw": {"ref_seed": per_seed[0]["ref_seed"],
                                 "delta": seeds[0]["delta"], "ci95": seeds[0]["ci95"]},
             }
-        claims[c] = {"verdict": verdict(entry["auroc"]["ci95"], margin), **entry}
+        claims[c] = entry
 
     first = per_seed[0]
     out: dict[str, Any] = {
@@ -706,15 +767,11 @@ def budget_verdicts(
         "variants_b": [p["variant_b"] for p in pairs],
         "n": first["n"], "n_good": first["n_good"], "n_fault": first["n_fault"],
         "claim": claim,
-        "verdict": claims[claim]["verdict"],
-        "auroc": claims[claim]["auroc"],
-        "accuracy_deployable": claims[claim]["accuracy_deployable"],
         "claims": claims,
         "per_condition": {
             c: {"n": int((draws[0].conditions == c).sum()),
                 "n_good": int(((draws[0].conditions == c) & (draws[0].y == 0)).sum()),
-                "n_fault": int(((draws[0].conditions == c) & (draws[0].y == 1)).sum()),
-                "verdict": claims[c]["verdict"]}
+                "n_fault": int(((draws[0].conditions == c) & (draws[0].y == 1)).sum())}
             for c in ("cold", "warm") if (draws[0].conditions == c).any()
         },
     }
@@ -751,36 +808,81 @@ def budget_verdicts(
 
 
 def macro_verdicts(
-    entries: dict[str, dict[str, Any]], boots: dict[str, dict[str, dict[str, Any]]],
-    margin: float, claim: str,
-) -> dict[str, Any]:
+    entries: dict[str, dict[str, Any]], boots: dict[str, Deltas], claim: str,
+) -> tuple[dict[str, Any], Deltas]:
     """The macro average over domains of one budget: the mean of the per-domain deltas, and
-    its interval from the per-domain two-level resamples (independent streams per domain)
-    averaged resample by resample.
+    its interval from the per-domain crossed resamples (independent streams per domain: the
+    domains' test maps and references are disjoint) averaged resample by resample.
 
     Args:
         entries: domain -> its :func:`budget_verdicts` entry for this budget.
         boots: domain -> its resampled deltas (same ``n_boot``).
-        margin, claim: as the hypothesis.
+        claim: as the hypothesis.
+
+    Returns:
+        ``(entry, boot)`` as :func:`budget_verdicts`, without verdicts.
     """
     domains = list(entries)
-    claims = {}
+    claims: dict[str, Any] = {}
+    macro_boot: Deltas = {"auroc": {}, "accuracy": {}}
     for c in CLAIMS:
         block = {}
         for metric, key in (("auroc", "auroc"), ("accuracy", "accuracy_deployable")):
             per = [entries[d]["claims"][c][key] for d in domains]
             bs = [boots[d][metric][c] for d in domains]
             boot = None if any(b is None for b in bs) else np.mean(bs, axis=0)
+            macro_boot[metric][c] = boot
             block[key] = {"a": _mean([x["a"] for x in per]), "b": _mean([x["b"] for x in per]),
                           "delta": _mean([x["delta"] for x in per]), "ci95": _ci(boot),
                           "domain_deltas": {d: x["delta"] for d, x in zip(domains, per,
                                                                            strict=True)}}
-        claims[c] = {"verdict": verdict(block["auroc"]["ci95"], margin), **block}
+        claims[c] = block
     first = entries[domains[0]]
-    return {"budget": first["budget"], "domains": domains, "seeds": first["seeds"],
-            "claim": claim, "verdict": claims[claim]["verdict"],
-            "auroc": claims[claim]["auroc"],
-            "accuracy_deployable": claims[claim]["accuracy_deployable"], "claims": claims}
+    return ({"budget": first["budget"], "domains": domains, "seeds": first["seeds"],
+             "claim": claim, "claims": claims}, macro_boot)
+
+
+def apply_verdicts(
+    family: Sequence[tuple[dict[str, Any], Deltas]], margin: float, correction: str,
+    n_boot: int,
+) -> dict[str, Any]:
+    """Decide every verdict of one hypothesis's family at once (``hdmap_ad.report.verdicts``).
+
+    The family is every claim of every entry (domain x budget rows and macro rows) whose
+    delta AUROC is defined. Each claim gains ``verdict``, ``p_raw`` and ``p_adjusted``
+    (``{supported, refuted, equivalent}``); each entry gains its claimed ``verdict``,
+    ``auroc`` and ``accuracy_deployable`` (before ``claims``) and its ``per_condition``
+    verdicts. Entries are updated in place.
+
+    Returns:
+        ``{"correction", "family_size", "p_method", "level"}`` for the hypothesis's JSON.
+    """
+    slots = [(entry, c, boot["auroc"][c]) for entry, boot in family for c in CLAIMS
+             if boot["auroc"][c] is not None and entry["claims"][c]["auroc"]["delta"] is not None]
+    method = verdicts.p_method(n_boot, len(slots))
+    raw = [verdicts.p_values(b, entry["claims"][c]["auroc"]["delta"], margin, method)
+           for entry, c, b in slots]
+    adjusted = verdicts.adjust(raw, correction)
+    decided = {(id(entry), c): (r, a) for (entry, c, _), r, a in zip(slots, raw, adjusted,
+                                                                     strict=True)}
+    for entry, _ in family:
+        for c in CLAIMS:
+            r, a = decided.get((id(entry), c), (None, None))
+            entry["claims"][c] = {"verdict": verdicts.decide(a), "p_raw": r, "p_adjusted": a,
+                                  **entry["claims"][c]}
+        claimed = entry["claims"][entry["claim"]]
+        rebuilt: dict[str, Any] = {}
+        for key, value in entry.items():
+            if key == "claims":
+                rebuilt.update(verdict=claimed["verdict"], auroc=claimed["auroc"],
+                               accuracy_deployable=claimed["accuracy_deployable"])
+            rebuilt[key] = value
+        for c, counts in rebuilt.get("per_condition", {}).items():
+            counts["verdict"] = entry["claims"][c]["verdict"]
+        entry.clear()
+        entry.update(rebuilt)
+    return {"correction": correction, "family_size": len(slots), "p_method": method,
+            "level": verdicts.LEVEL}
 
 
 HELD_OUT = {
@@ -822,11 +924,13 @@ def hypothesis_report(spec: dict[str, Any]) -> dict[str, Any]:
 
     Returns:
         ``{hypothesis, description, a, b, claim, claim_rule, verdict, verdict_macro,
-        verdict_rule, margin, bootstrap, protocol, results: {domain: [entry per budget]},
+        verdict_rule, margin, correction, family_size, p_method, level, bootstrap, protocol,
+        results: {domain: [entry per budget]},
         macro: [entry per budget]}``. An entry holds ``claims`` (each of :data:`CLAIMS`:
         ``verdict``, ``auroc`` and ``accuracy_deployable`` as ``{a, b, delta, ci95,
-        seed_deltas, single_draw}``: means over seeds, the two-level interval, each seed's
-        delta, and the first seed's single-draw interval), the claimed ones again as
+        seed_deltas, single_draw}``: means over seeds, the crossed interval, each seed's
+        delta, and the first seed's single-draw interval under the same map resamples;
+        ``p_raw``/``p_adjusted`` of the three tests), the claimed ones again as
         ``verdict``/``auroc``/``accuracy_deployable``, ``per_condition`` counts and verdicts,
         ``gate_routing`` (gated arms: decisions by condition x label summed over seeds),
         ``oracle`` (when given) and ``per_seed``. ``verdict`` is the common claimed verdict of
@@ -855,16 +959,21 @@ def hypothesis_report(spec: dict[str, Any]) -> dict[str, Any]:
     results: dict[str, list[dict[str, Any]]] = {}
     boots: dict[Any, dict[str, Any]] = {}
     for (domain, budget), pairs in groups.items():
-        entry, boot = budget_verdicts(pairs, tables, spec["n_boot"], spec["seed"],
-                                      spec["margin"], claim, domain)
+        entry, boot = budget_verdicts(pairs, tables, spec["n_boot"], spec["seed"], claim,
+                                      domain)
         results.setdefault(domain, []).append(entry)
         boots.setdefault(budget, {})[domain] = (entry, boot)
+    family = [eb for by_domain in boots.values() for eb in by_domain.values()]
     macro = []
     if len(results) > 1:
         for by_domain in boots.values():
-            macro.append(macro_verdicts({d: e for d, (e, _) in by_domain.items()},
-                                        {d: b for d, (_, b) in by_domain.items()},
-                                        spec["margin"], claim))
+            m_entry, m_boot = macro_verdicts({d: e for d, (e, _) in by_domain.items()},
+                                             {d: b for d, (_, b) in by_domain.items()}, claim)
+            macro.append(m_entry)
+            family.append((m_entry, m_boot))
+    margin = float(spec.get("margin", verdicts.DEFAULT_MARGIN))
+    correction = spec.get("correction") or "holm"
+    tests = apply_verdicts(family, margin, correction, int(spec["n_boot"]))
     refs = protocol.get("references")
     if refs:
         protocol["held_out"] = HELD_OUT.get(refs["protocol"], "")
@@ -882,9 +991,11 @@ def hypothesis_report(spec: dict[str, Any]) -> dict[str, Any]:
         "claim_rule": rule,
         "verdict": _overall([r["verdict"] for rs in results.values() for r in rs]),
         "verdict_macro": _overall([m["verdict"] for m in macro]),
-        "verdict_rule": VERDICT_RULE,
-        "margin": float(spec["margin"]),
+        "verdict_rule": verdicts.VERDICT_RULE,
+        "margin": margin,
+        **tests,
         "bootstrap": {"method": BOOTSTRAP_METHOD, "citation": BOOTSTRAP_CITATION,
+                      "covers": BOOTSTRAP_COVERS,
                       "n_boot": int(spec["n_boot"]), "seed": int(spec["seed"]),
                       "single_draw": "single_draw: the first seed's test maps resampled alone "
                                      "(the reference draw held fixed), for comparison"},
