@@ -174,8 +174,8 @@ def test_bad_files_reported_and_others_scored(deploy_run: Path, moved_models: Pa
         assert Path(png).name == f"{p.stem}.png" and Path(png).is_file()
         heat = tifffile.imread(tiff)
         assert heat.shape == (31, 95) and heat.dtype == np.float32
-    assert sorted(f.name for f in maps.iterdir()) == sorted(
-        f"{p.stem}.{ext}" for p in good for ext in ("png", "tiff"))
+    assert sorted(f.name for f in maps.iterdir()) == [".hdmap-ad", *sorted(  # made by predict
+        f"{p.stem}.{ext}" for p in good for ext in ("png", "tiff"))]
 
 
 def test_predict_refuses_other_weights_and_missing_model(moved_models: Path, tmp_path):

@@ -49,7 +49,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
     from hdmap_ad.config import SynthConfig
     from hdmap_ad.data.synth import write_domain
 
-    write_domain(args.domain, SynthConfig.from_dict(_spec(args.spec)), args.out)
+    write_domain(args.domain, SynthConfig.from_dict(_spec(args.spec)), args.out, args.force)
 
 
 def cmd_manifest(args: argparse.Namespace) -> None:
@@ -175,7 +175,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from hdmap_ad.report.build import build_report
 
-    build_report(_spec(args.spec), args.out)
+    build_report(_spec(args.spec), args.out,
+                 inputs=[args.spec[1:]] if args.spec.startswith("@") else [])
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -201,6 +202,11 @@ def _outdates(s: argparse.ArgumentParser) -> None:
                    help="results this run replaces: renamed to <result>.outdated first")
 
 
+def _force(s: argparse.ArgumentParser, what: str) -> None:
+    s.add_argument("--force", action="store_true", help=f"{what} (never an input itself, "
+                   "nor the model folder: hdmap_ad.outputs)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m hdmap_ad", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="step", required=True)
@@ -216,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--domain", required=True, help="A | B | C | D")
     s.add_argument("--spec", required=True, help="JSON of dataset.synthetic")
     s.add_argument("--out", required=True, help="domain folder to write (replaced)")
+    _force(s, "replace a non-empty --out folder that hdmap-ad did not make")
     s.set_defaults(func=cmd_synth)
 
     s = sub.add_parser("manifest", help="scan a domain folder into a Parquet manifest")
@@ -317,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics", help="metrics JSON (metrics step)")
     s.add_argument("--manifest", help="domain manifest: also export the reference maps")
     s.add_argument("--out", help="model folder to write (default results/models/<target>)")
+    _force(s, "replace a non-empty --out folder that hdmap-ad did not make")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("predict", help="score new maps with an exported model -> CSV")
@@ -331,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "up to 16; the run's --cores reproduces its scores exactly)")
     s.add_argument("--weights", help="local checkpoint to use for a file-weights backbone")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    _force(s, "write --out or --maps-dir inside an input folder, and maps into a non-empty "
+           "folder that hdmap-ad did not make")
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("app", help="web app over a run's results/ and work/ (Streamlit)")

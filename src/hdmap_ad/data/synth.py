@@ -108,9 +108,6 @@ the facts' 1.7-4.3; about 1 in 5000 C cold fault maps has max > 1 (facts: none o
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +118,7 @@ from scipy.ndimage import gaussian_filter
 from hdmap_ad.data.fingerprint import mark_generated
 from hdmap_ad.errors import InputError
 from hdmap_ad.io import atomic_path
+from hdmap_ad.outputs import FOLDER, check_output, replacing_folder
 from hdmap_ad.specs import SynthConfig
 
 DOMAINS = ("A", "B", "C", "D")
@@ -469,31 +467,29 @@ def generate_domain(domain: str, cfg: SynthConfig) -> dict[str, np.ndarray]:
     return generate_domain_with_truth(domain, cfg).maps
 
 
-def write_domain(domain: str, cfg: SynthConfig, out_dir: str | Path) -> None:
+def write_domain(domain: str, cfg: SynthConfig, out_dir: str | Path, force: bool = False) -> None:
     """Write one domain as ``out_dir/{train/good,test/good,test/fault}/NNNNNN.tiff``.
 
     Files are float32 single-page TIFFs, byte-identical for the same ``(cfg, domain)``. The
     domain is written into a temporary folder beside ``out_dir`` (each file itself through
     :func:`hdmap_ad.io.atomic_path`) and renamed onto ``out_dir`` at the end, replacing an
     existing ``out_dir``: an interrupted run leaves the old domain (or none), never half of
-    one.
+    one. The folder is marked as made by hdmap-ad (:mod:`hdmap_ad.outputs`).
 
     Args:
         domain: One of :data:`DOMAINS`.
         cfg: Sizes and seed.
         out_dir: The domain folder, e.g. ``data/synthetic/domain_A``.
+        force: Replace a non-empty ``out_dir`` that hdmap-ad did not make.
 
     Raises:
-        InputError: ``domain`` is unknown, or ``out_dir`` exists and is not a folder.
+        InputError: ``domain`` is unknown, or ``out_dir`` is no place to write a domain (see
+            :func:`hdmap_ad.outputs.check_output`: not a folder, a foreign non-empty folder
+            without ``force``, the current folder).
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"{out_dir}: exists and is not a folder")
+    check_output(out_dir, "--out", kind=FOLDER, force=force)
     maps = generate_domain(domain, cfg)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0o700
+    with replacing_folder(out_dir) as tmp:
         for split, arr in maps.items():
             folder = tmp / split
             folder.mkdir(parents=True)
@@ -501,10 +497,6 @@ def write_domain(domain: str, cfg: SynthConfig, out_dir: str | Path) -> None:
                 with atomic_path(folder / f"{i:06d}.tiff") as part:
                     tifffile.imwrite(part, image, photometric="minisblack")
         mark_generated(tmp)  # untouched generated data is not re-scanned as "changed"
-        _replace_dir(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def angular_power_entropy(maps: np.ndarray, bins: int = APE_BINS) -> np.ndarray:
@@ -715,19 +707,3 @@ def _add_fault_band(
     mask = np.zeros(MAP_SHAPE, dtype=bool)
     mask[r0 : r0 + height, in_band] = True
     return mask
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Rename folder ``src`` onto ``dst``, replacing an existing ``dst`` folder."""
-    if not dst.exists():
-        os.replace(src, dst)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
-    os.replace(dst, old / dst.name)
-    try:
-        os.replace(src, dst)
-    except OSError:
-        os.replace(old / dst.name, dst)  # put the old domain back
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)

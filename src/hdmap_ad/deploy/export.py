@@ -29,8 +29,9 @@ from hdmap_ad.deploy.bundle import (
     load_bundle,
 )
 from hdmap_ad.errors import InputError
-from hdmap_ad.io import atomic_dir, read_json, write_json
+from hdmap_ad.io import read_json, write_json
 from hdmap_ad.methods.base import state_file
+from hdmap_ad.outputs import FOLDER, check_output, replacing_folder
 
 #: Backbone fields whose value in the feature caches must equal the spec's.
 _CHECKED = ("model", "input_size", "resize", "patch_pool")
@@ -123,6 +124,18 @@ def _reference_maps(manifest_path: str, ref_ids: list[str]) -> tuple[np.ndarray,
         raise InputError(f"{manifest_path}: reference(s) {missing[:5]} not in the manifest")
     maps = np.stack([read_map(manifest.loc[i, "path"]) for i in ref_ids])
     return np.asarray(ref_ids, dtype=str), maps
+
+
+def _map_folders(manifest_path: str) -> list[str]:
+    """The folders holding a manifest's maps (an unreadable manifest: none here; the export
+    names it when it reads the reference maps)."""
+    from hdmap_ad.data.manifest import read_manifest
+
+    try:
+        paths = read_manifest(manifest_path)["path"]
+    except (InputError, KeyError):
+        return []
+    return sorted({str(Path(p).parent) for p in paths})
 
 
 def model_record(
@@ -222,6 +235,8 @@ def export_model(
     out: str,
     manifest_path: str | None = None,
     name: str | None = None,
+    force: bool = False,
+    inputs: tuple[str, ...] = (),
 ) -> None:
     """Write the model folder ``out`` for one fitted domain x experiment.
 
@@ -234,10 +249,18 @@ def export_model(
         out: the model folder to write (replaced as a whole, atomically).
         manifest_path: the domain manifest; with it the reference maps are exported too.
         name: the model's name (default: the metrics file's stem, ``domainC_gated``).
+        force: replace a non-empty ``out`` that hdmap-ad did not make
+            (:func:`hdmap_ad.outputs.check_output`).
+        inputs: further files read (params.yaml), protected as the pipeline files are.
 
     Raises:
-        InputError: as :func:`model_record`, or a sub-model file missing.
+        InputError: as :func:`model_record`, a sub-model file missing, or ``out`` no place
+            to write (an input, holding one, a foreign non-empty folder without ``force``).
     """
+    read = [*inputs, meta_path, model_dir, scores_path, metrics_path]
+    if manifest_path:
+        read += [manifest_path, *_map_folders(manifest_path)]
+    check_output(out, "--out", kind=FOLDER, inputs=read, force=force)
     for p in (meta_path, scores_path, metrics_path):
         if not Path(p).is_file():
             raise InputError(f"{p}: not found; run the pipeline for this target first")
@@ -248,7 +271,7 @@ def export_model(
             f"{fitted['input_map']!r}); predict extracts one backbone, so such models cannot "
             "be exported yet")
     model = model_record(backbone, meta_path, model_dir, scores_path, metrics_path, name)
-    with atomic_dir(out) as tmp:
+    with replacing_folder(out) as tmp:
         (tmp / SUB_MODELS).mkdir()
         for s in model["sub_models"]:  # the fold sub-models (cv/) stay behind
             for path in (Path(model_dir) / f"{s}.json", state_file(model_dir, s)):
@@ -263,11 +286,12 @@ def export_model(
 
 
 def export_step(backbone_spec: dict[str, Any], meta_path: str, model_dir: str, scores_path: str,
-                metrics_path: str, out: str, manifest_path: str | None = None) -> None:
+                metrics_path: str, out: str, manifest_path: str | None = None,
+                force: bool = False) -> None:
     """The CLI/rule entry: the backbone spec as JSON (with its ``key``)."""
     spec = dict(backbone_spec)
     export_model(BackboneConfig.from_dict(spec.pop("key"), spec), meta_path, model_dir,
-                 scores_path, metrics_path, out, manifest_path)
+                 scores_path, metrics_path, out, manifest_path, force=force)
 
 
 def export_cli(args: Any, backbone_spec: dict[str, Any] | None = None) -> None:
@@ -289,7 +313,8 @@ def export_cli(args: Any, backbone_spec: dict[str, Any] | None = None) -> None:
         export_model(params.backbones[exp.backbone], f"{work}/models/domain_{d}/{e}.json",
                      f"{work}/models/domain_{d}/{e}", f"{work}/scores/domain_{d}/{e}.parquet",
                      f"results/{target}.json", args.out or f"results/models/{target}",
-                     args.manifest or f"{work}/manifests/domain_{d}.parquet")
+                     args.manifest or f"{work}/manifests/domain_{d}.parquet",
+                     force=getattr(args, "force", False), inputs=(args.params,))
         return
     missing = [f"--{k.replace('_', '-')}" for k in
                ("backbone_spec", "meta", "model", "scores", "metrics", "out")
@@ -297,4 +322,4 @@ def export_cli(args: Any, backbone_spec: dict[str, Any] | None = None) -> None:
     if missing or backbone_spec is None:
         raise InputError(f"export: give --domain and --experiment, or {' '.join(missing)}")
     export_step(backbone_spec, args.meta, args.model, args.scores, args.metrics, args.out,
-                args.manifest)
+                args.manifest, force=getattr(args, "force", False))

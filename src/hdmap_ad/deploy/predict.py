@@ -26,8 +26,10 @@ reason in ``error`` and no score; the others are scored as usual.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
+import stat
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ from hdmap_ad.banks.gate import BOTH, COLD, WARM, gate_decisions
 from hdmap_ad.data.maps import IMAGE_SUFFIXES, read_map
 from hdmap_ad.deploy.bundle import ModelBundle, load_bundle
 from hdmap_ad.errors import InputError
+from hdmap_ad.outputs import FILE, INTO, check_output, make_folder
 
 VERDICT_ANOMALOUS, VERDICT_NORMAL = "anomalous", "normal"
 MAP_FORMATS = ("png", "tiff", "both")
@@ -67,28 +70,107 @@ def list_inputs(inputs: Iterable[str], recursive: bool = False) -> list[tuple[st
     """Map files to predict, as ``(path, name)`` in order: a folder gives its image files
     (png, jpg, bmp, tif/tiff) sorted by name (with ``recursive``, by relative path), a file
     gives itself (read as a map whatever its suffix; a missing one becomes an error row).
-    ``name`` is unique: the path relative to its input folder (or the file name), with
-    ``/`` as ``__``, numbered where names repeat; anomaly-map files are named after it.
+    ``name`` names the anomaly-map files: the path relative to its input folder without the
+    suffix (``a/x.tiff`` -> ``a/x``: maps of sub-folders stay apart), or a given file's stem;
+    numbered (``x__2``) where two maps would write one file (:func:`unique_map_names`).
+
+    Hidden files and folders and macOS ``._*`` files in a folder are not maps: they are
+    skipped and counted on stderr. Nothing is read here: a FIFO, device or socket, and a
+    symlink in a folder pointing out of it, are refused by name.
 
     Raises:
-        InputError: a folder without any map file.
+        InputError: a folder without any map file; a FIFO, device or socket; a symlink out of
+            its input folder.
     """
-    out: list[tuple[str, str]] = []
-    seen: dict[str, int] = {}
+    items, hidden = _scan_inputs(inputs, recursive)
+    _log_hidden(hidden)
+    return items
+
+
+def _log_hidden(hidden: int) -> None:
+    if hidden:
+        print(f"hdmap_ad predict: skipped {hidden} hidden file(s) or folder(s) (.* and macOS "
+              "._*): not maps", file=sys.stderr)
+
+
+def _scan_inputs(inputs: Iterable[str], recursive: bool) -> tuple[list[tuple[str, str]], int]:
+    """:func:`list_inputs`, and the number of hidden entries skipped (not logged)."""
+    found: list[tuple[str, str]] = []
+    hidden = 0
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            pattern = p.rglob("*") if recursive else p.iterdir()
-            files = sorted(f for f in pattern if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            files, skipped = _scan_folder(p, recursive)
+            hidden += skipped
             if not files:
-                raise InputError(f"{p}: no map files ({', '.join(IMAGE_SUFFIXES)}) found")
-            named = [(str(f), f.relative_to(p).with_suffix("").as_posix()) for f in files]
+                raise InputError(f"{p}: no map files ({', '.join(IMAGE_SUFFIXES)}) found"
+                                 + (f" ({skipped} hidden skipped)" if skipped else ""))
+            found += [(str(f), f.relative_to(p).with_suffix("").as_posix()) for f in files]
         else:
-            named = [(str(p), p.stem)]
-        for path, name in named:
-            name = name.replace("/", "__")
-            seen[name] = seen.get(name, 0) + 1
-            out.append((path, name if seen[name] == 1 else f"{name}__{seen[name]}"))
+            with contextlib.suppress(OSError):  # missing or unreadable: an error row later
+                _refuse_special(p, os.stat(p).st_mode)
+            found.append((str(p), p.stem))
+    names = unique_map_names([name for _, name in found])
+    return [(path, name) for (path, _), name in zip(found, names, strict=True)], hidden
+
+
+def _refuse_special(path: Path, mode: int) -> None:
+    """A FIFO would block the read forever, a device stream without end: refused unread."""
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode)
+            or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else None)
+    if kind is not None:
+        raise InputError(f"{path}: is {kind}, not a map file; not read")
+
+
+def _scan_folder(root: Path, recursive: bool) -> tuple[list[Path], int]:
+    """The map files under ``root`` (sorted) and how many hidden entries were skipped;
+    symlinks are checked before anything is read (:func:`list_inputs`)."""
+    base = Path(os.path.realpath(root))
+    files: list[Path] = []
+    hidden = 0
+    for folder, dirnames, filenames in os.walk(root) if recursive else [
+            (str(root), [], sorted(os.listdir(root)))]:
+        hidden += sum(d.startswith(".") for d in dirnames)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:  # links to folders are among dirnames: never followed
+            path = Path(folder) / name
+            if name.startswith("."):
+                hidden += 1
+                continue
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if path.is_symlink():
+                target = Path(os.path.realpath(path))
+                if base not in target.parents:
+                    raise InputError(f"{path}: a symbolic link out of the input folder {root} "
+                                     f"(to {target}); not read")
+            try:
+                mode = os.stat(path).st_mode
+            except OSError:  # a broken link inside the folder: its error row says so
+                files.append(path)
+                continue
+            _refuse_special(path, mode)
+            if stat.S_ISREG(mode):
+                files.append(path)
+    return sorted(files), hidden
+
+
+def unique_map_names(names: list[str]) -> list[str]:
+    """``names`` made safe as anomaly-map file names: unique without regard to case (macOS and
+    Windows file systems ignore it), and none whose ``.png``/``.tiff`` file is a sub-folder
+    another name needs; a clash keeps the first and numbers the later ones ``name__2`` ..."""
+    folders = {"/".join(parts[:k]).casefold() for parts in (n.split("/") for n in names)
+               for k in range(1, len(parts))}
+    taken: set[str] = set()
+    out = []
+    for name in names:
+        candidate, k = name, 1
+        while candidate.casefold() in taken or any(
+                f"{candidate}.{ext}".casefold() in folders for ext in ("png", "tiff")):
+            k += 1
+            candidate = f"{name}__{k}"
+        taken.add(candidate.casefold())
+        out.append(candidate)
     return out
 
 
@@ -223,9 +305,7 @@ def predict_maps(predictor: Predictor, items: list[tuple[str, str]], maps_dir: s
     queues: dict[str, list[tuple[Prediction, dict[str, np.ndarray], np.ndarray]]] = {}
     done: dict[int, Prediction] = {}
     next_pos = 0
-    out_dir = Path(maps_dir) if maps_dir else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_folder(maps_dir) if maps_dir else None
     names = {}
 
     def flush(decision: str) -> None:
@@ -367,8 +447,12 @@ def csv_row(pred: Prediction, bundle: ModelBundle) -> dict[str, Any]:
 def predict_to_csv(model: str, inputs: list[str], out: str, maps_dir: str | None = None,
                    maps_format: str = "png", recursive: bool = False, device: str = "cpu",
                    threads: int | None = None, weights: str | None = None,
-                   progress: bool = True) -> dict[str, int]:
+                   progress: bool = True, force: bool = False) -> dict[str, int]:
     """Predict every map of ``inputs`` and write the CSV ``out`` (atomically, streamed).
+
+    ``out`` and ``maps_dir`` are checked before anything is read
+    (:func:`hdmap_ad.outputs.check_output`): never an input or the model folder, nor inside an
+    input folder or (``maps_dir``) a non-empty folder hdmap-ad did not make unless ``force``.
 
     Returns counts: ``maps``, ``scored``, ``anomalous``, ``failed``.
     """
@@ -376,9 +460,17 @@ def predict_to_csv(model: str, inputs: list[str], out: str, maps_dir: str | None
 
     if maps_format not in MAP_FORMATS:
         raise InputError(f"--maps-format: {maps_format!r} is not one of {MAP_FORMATS}")
-    items = list_inputs(inputs, recursive)
+    items, hidden = _scan_inputs(inputs, recursive)
     if not items:
         raise InputError("--input: no maps given")
+    # the inputs as given (folders) and as listed (each map: --force must not write one)
+    read = [*inputs, *(path for path, _ in items), *([weights] if weights else [])]
+    check_output(out, "--out", kind=FILE, inputs=read, model=model, force=force)
+    if maps_dir:
+        if os.path.abspath(out) == os.path.abspath(maps_dir):
+            raise InputError(f"--out {out}: is also the --maps-dir folder")
+        check_output(maps_dir, "--maps-dir", kind=INTO, inputs=read, model=model, force=force)
+    _log_hidden(hidden)  # after the checks: a refusal stays one line
     bundle = load_bundle(model, device, weights)
     predictor = Predictor(bundle, device, threads)
     counts = {"maps": len(items), "scored": 0, "anomalous": 0, "failed": 0}
@@ -399,7 +491,7 @@ def predict_step(args: Any, device: str = "cpu") -> int:
     failed (its reason is in the ``error`` column), else 0."""
     counts = predict_to_csv(args.model, args.input, args.out, args.maps_dir, args.maps_format,
                             args.recursive, device, args.threads, args.weights,
-                            progress=not args.quiet)
+                            progress=not args.quiet, force=getattr(args, "force", False))
     print(f"hdmap_ad predict: {counts['maps']} maps, {counts['scored']} scored, "
           f"{counts['anomalous']} anomalous, {counts['failed']} failed -> {args.out}",
           file=sys.stderr)

@@ -358,7 +358,8 @@ def methods_gate_lines(entries: list[dict[str, Any]], hypotheses: list[str]) -> 
     return lines
 
 
-def build_report(spec: dict[str, Any], out: str | Path) -> None:
+def build_report(spec: dict[str, Any], out: str | Path,
+                 inputs: list[str] | tuple[str, ...] = ()) -> None:
     """Write the report and its figures.
 
     Args:
@@ -367,7 +368,22 @@ def build_report(spec: dict[str, Any], out: str | Path) -> None:
             "summary_csv": path, "figures": dir, "plots": dir}``; ROC points go to
             ``plots/<label>_<experiment>.csv``.
         out: the markdown file to write.
+        inputs: further files read (the spec's own file).
+
+    Raises:
+        InputError: ``out`` is an input or a folder; the figures or plots folder holds an
+            input.
     """
+    from hdmap_ad.outputs import FILE, INTO, check_output
+
+    read = [*inputs, spec["summary_md"], spec["summary_csv"], *spec["hypotheses"],
+            *(e[k] for e in spec["entries"] for k in ("scores", "metrics", "bank_meta",
+                                                        "manifest"))]
+    check_output(out, "--out", kind=FILE, inputs=read)
+    for key in ("figures", "plots"):
+        # the spec's folders are the pipeline's (Snakemake declares and clears them): only
+        # the inputs are protected there, a folder of earlier figures is written into
+        check_output(spec[key], f"--spec {key}", kind=INTO, inputs=read, force=True)
     out = Path(out)
     figures = Path(spec["figures"])
     figures.mkdir(parents=True, exist_ok=True)
