@@ -576,13 +576,19 @@ def _run_side(python: Path | str, side: str, spec: dict, work: Path,
 def our_options(run: str, epochs: int, batch_size: int, extra: dict | None = None) -> dict:
     """Our method's options for ``run``: its defaults, with the shared training budget (no
     held-out references: every epoch trains, as anomalib's), for STFPM anomalib's optimizer,
-    for ``fastflow_joint`` the joint flow; then ``extra[run]`` (``--our-options``)."""
+    for SuperSimpleNet anomalib 2.7's classification-head input (``cls_features: raw``, the
+    journal extension; our default is the ICPR paper's ``adapted``), for ``fastflow_joint``
+    the joint flow; then ``extra[run]`` (``--our-options``). Like for like: the image score
+    is the default on both sides (the classification head), and both sides also score the
+    other variant (:data:`SCORE_VARIANTS`)."""
     opts = {"epochs": epochs, "batch_size": batch_size, "val_fraction": 0.0}
     if run == "fastflow_joint":
         opts["flows"] = "joint"
     method = run.removesuffix("_joint")
     if method == "stfpm":
         opts.update(STFPM_OPTIONS)
+    if method == "supersimplenet":
+        opts["cls_features"] = "raw"
     return {**opts, **(extra or {}).get(run, {})}
 
 

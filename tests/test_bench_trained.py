@@ -37,11 +37,12 @@ def test_quick_our_side_writes_every_row_with_finite_aurocs(tmp_path):
     assert set(ds["our_extraction_s"]) == {"teacher", "raw"}
     rows = {row["run"]: row for row in ds["rows"]}
     # SuperSimpleNet's image scores, each from the same trained model, in rows of their own
-    # without targets (our default max against anomalib's cls is the row with targets)
+    # without targets (the classification head on both sides is the row with targets)
     assert set(rows) == {"fastflow", "fastflow_joint", "stfpm", "supersimplenet",
                          "supersimplenet:cls", "supersimplenet:max"}
     assert not rows["supersimplenet:max"]["targets_apply"]
-    assert rows["supersimplenet"]["ours"]["options"]["image_score"] == "max"
+    assert rows["supersimplenet"]["ours"]["options"]["image_score"] == "cls"
+    assert rows["supersimplenet"]["ours"]["options"]["cls_features"] == "raw"  # as anomalib
     for run, row in rows.items():
         assert row["anomalib"] is None and row["met"] == {}
         assert row["anomalib_missing"] == "skipped: --no-anomalib"

@@ -107,7 +107,7 @@ def test_scores_shapes_and_image_score_option():
     image, patch = model.score(query)
     assert image.shape == (3,) and patch.shape == (3, 4, 5) and image.dtype == np.float32
     as_max = SuperSimpleNetOptions(**{**TINY.__dict__, "image_score": "max"})
-    assert TINY.image_score == "max"  # the default
+    assert TINY.image_score == "cls"  # the default (the paper's)
     assert "image_score" not in fit_stage(as_max)  # score step only: no refit
     model.options = as_max
     image_max, patch_max = model.score(query)
