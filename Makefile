@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 CORES ?= all
 
-.PHONY: install demo test docs lint readme-methods clean-work bench bench-anomalib bench-methods bench-trained bench-coreset bench-memory bench-search bench-cache bench-scale
+.PHONY: install demo test docs lint readme-methods clean-work bench bench-anomalib bench-methods bench-trained bench-coreset bench-memory bench-search bench-cache bench-scale bench-verdicts
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,10 @@ bench-memory: install
 bench-search: install
 	$(BIN)/python benchmarks/search_recall.py
 
+# Coverage of the hypothesis verdicts' interval on simulated data with a known truth.
+bench-verdicts: install
+	$(BIN)/python benchmarks/verdict_coverage.py
+
 bench-cache: install
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks/caching.py
 
@@ -73,7 +77,7 @@ bench-scale: install
 # then exits non-zero.
 bench:
 	$(MAKE) -k bench-anomalib bench-methods bench-trained bench-coreset bench-memory bench-search \
-	  bench-cache bench-scale
+	  bench-cache bench-scale bench-verdicts
 
 # The method table of the guide (docs/guide/methods.md), regenerated from the method registry.
 readme-methods: install

@@ -128,3 +128,14 @@ def test_bank_step_benchmark_runs_the_fit_code_in_a_child():
     row = bank_step.bank_step_benchmark(4096, 16, 0.05, threads=1)
     assert row["picks"] == 205 and row["peak_rss_bytes"] > row["input_bytes"] > 0
     assert 0 < row["passes"] and row["passes_per_pick"] == row["passes"] / row["picks"]
+
+
+def test_verdict_coverage_prints_the_grid(tmp_path):
+    _bench("verdict_coverage.py", "--replicates", "8", "--n-boot", "50", "--per-stratum", "10",
+           "--out-dir", str(tmp_path))
+    result = json.loads((tmp_path / "verdict_coverage.json").read_text())
+    # 2 sigma_t x (S=1 at sigma_r 0, then S in 3, 5, 10 at 4 seed effects)
+    assert len(result["rows"]) == 2 * (1 + 3 * 4)
+    assert all(0 <= r["coverage"] <= 1 and r["lower"] <= r["coverage"] <= r["upper"]
+               for r in result["rows"])
+    assert (tmp_path / "verdict_coverage.md").read_text().count("\n| ") == 1 + 26

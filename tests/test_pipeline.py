@@ -68,6 +68,14 @@ TINY = {
             "project_dim": 64,
             "context": {"radius": [1, 2], "aggregation": "mean", "mode": "concat"},
         },
+        **{f"same_{gate}": {
+            "backbone": "lite2",
+            "layers": ["blocks.2"],
+            "references": {"protocol": "test_good_holdout", "pick": "extremes", "n_cold": 2,
+                           "n_warm": 2},
+            "gate": gate,
+            "method": {"name": "patchcore", "coreset_ratio": 1.0, "num_neighbors": 1},
+        } for gate in ("mixed", "p90")},
         "swept": {
             "backbone": "lite2",
             "layers": ["blocks.2"],
@@ -80,7 +88,11 @@ TINY = {
         },
     },
     "hypotheses": {"H2_gating": {"a": "ungated", "b": "gated", "domains": ["C"], "n_boot": 200,
-                                 "seeds": [0, 1]}},
+                                 "seeds": [0, 1]},
+                   # five seeds that are one and the same draw (extreme references, the whole
+                   # bank kept): the verdict's interval must be the single draw's
+                   "H_same_draw": {"a": "same_mixed", "b": "same_p90", "domains": ["C"],
+                                   "n_boot": 200, "seeds": [0, 1, 2, 3, 4]}},
     "targets": {"experiments": ["ungated", "gated", "cpd_soft", "swept"]},
 }
 
@@ -146,6 +158,16 @@ def test_dag_runs_and_reruns_only_what_changed(project: Path, tmp_path: Path):
         "cold/good", "cold/fault", "warm/good", "warm/fault"}
     assert (project / "results/figures/hypothesis_H2_gating_forest.png").is_file()
     assert "domainC_gated" in json.loads((project / "results/metrics.json").read_text())
+    # five seeds of one draw carry no seed variance: exactly the single draw's interval
+    same = json.loads((project / "results/hypotheses/H_same_draw.json").read_text())
+    (entry,) = same["results"]["C"]
+    assert entry["seeds"] == [0, 1, 2, 3, 4]
+    for c, claim in entry["claims"].items():
+        au = claim["auroc"]
+        assert len(set(au["seed_deltas"])) == 1, (c, au["seed_deltas"])
+        assert np.allclose(au["ci95"], au["single_draw"]["ci95"], rtol=0, atol=1e-9), c
+    assert same["margin"] == 0.005 and same["correction"] == "holm"
+    assert same["family_size"] == 4
 
     # nothing to do on a second run
     out = _smk(project, "-n", "results/domainC_gated.json")

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from hdmap_ad.banks.references import scored_rows, select_references
+from hdmap_ad.banks.references import scored_rows, select_references, threshold_unavailable
 from hdmap_ad.config import ReferenceConfig
 from hdmap_ad.data.manifest import read_manifest, scan_domain, write_manifest
 from hdmap_ad.errors import InputError
@@ -82,3 +82,17 @@ def test_manifest_rejects_odd_test_count_and_shape_mismatch(tmp_path):
     tifffile.imwrite(root / "test/good/000001.tiff", np.zeros((30, 95), np.float32))
     with pytest.raises(InputError, match=r"000001\.tiff: shape"):
         scan_domain(root)
+
+
+def test_deployable_threshold_needs_two_references_per_sub_model():
+    # budget 1 per condition, gated: no held-out fold inside a condition
+    why = threshold_unavailable(["cold", "warm"], deploy_folds=5)
+    assert why is not None and "'cold' has 1, 'warm' has 1" in why
+    assert "at least 2 references per sub-model" in why
+    assert threshold_unavailable(["cold", "cold", "warm"], 5).startswith("sub-model 'warm'")
+    # the same two references in one mixed bank can be held out of each other
+    assert threshold_unavailable(["mixed", "mixed"], 5) is None
+    assert threshold_unavailable(["cold", "cold", "warm", "warm"], 5) is None
+    assert threshold_unavailable(["mixed"], 5).startswith("1 reference")
+    assert threshold_unavailable(["mixed"] * 8, 0) == "deploy_folds is 0"
+

@@ -217,10 +217,13 @@ class HypothesisConfig:
     Both arms run over several reference draws (``seeds``; default
     :data:`DEFAULT_HYPOTHESIS_SEEDS`, or the arms' own ``seeds`` when they are sweeps over
     seeds): seed ``s`` re-draws the references (``references.seed``) and the method's seed, as
-    a sweep's ``seeds`` do. Two-level bootstrap (seeds, then test maps; ``n_boot`` resamples,
+    a sweep's ``seeds`` do. Crossed bootstrap (seeds x test maps; ``n_boot`` resamples,
     ``seed``); the verdict on ``claim`` (one of :data:`CLAIMS`; default ``condition_macro``
-    when the arms differ in gate, else ``pooled``) is supported when its 95% interval of delta
-    AUROC (b - a) lies above ``margin``. ``oracle`` names an oracle-gated experiment (or sweep)
+    when the arms differ in gate, else ``pooled``) is one of supported / refuted / equivalent /
+    inconclusive, by one-sided tests of delta AUROC (b - a) against ``margin`` (default 0.005
+    AUROC: smaller differences are no practical difference) with p-values adjusted over the
+    hypothesis's verdicts by ``correction`` (``holm`` or ``none``;
+    ``hdmap_ad.report.verdicts``). ``oracle`` names an oracle-gated experiment (or sweep)
     shown beside the gated arm.
     """
 
@@ -230,7 +233,8 @@ class HypothesisConfig:
     domains: tuple[str, ...]
     n_boot: int = 2000
     seed: int = 0
-    margin: float = 0.0
+    margin: float = 0.005
+    correction: str = "holm"
     description: str = ""
     seeds: tuple[int, ...] | None = None
     claim: str | None = None

@@ -228,6 +228,7 @@ def hypothesis_spec(wildcards):
     h, plan = PARAMS.hypotheses[wildcards.hypothesis], PARAMS.hypothesis_plans[wildcards.hypothesis]
     return json.dumps({"key": h.key, "a": h.a, "b": h.b, "oracle": h.oracle,
                        "n_boot": h.n_boot, "seed": h.seed, "margin": h.margin,
+                       "correction": h.correction,
                        "description": h.description, "claim": plan.claim,
                        "claim_default": plan.claim_default,
                        "protocol": PARAMS.hypothesis_protocol(wildcards.hypothesis),

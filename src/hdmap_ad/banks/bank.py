@@ -26,6 +26,7 @@ from hdmap_ad.banks.gate import (
     fit_threshold_supervised,
     p90_decisions,
 )
+from hdmap_ad.banks.references import threshold_unavailable
 from hdmap_ad.config import ExperimentConfig
 from hdmap_ad.errors import InputError
 from hdmap_ad.io import atomic_dir, write_json
@@ -110,12 +111,12 @@ def reference_folds(assignment: np.ndarray, n_folds: int) -> np.ndarray:
 
 
 def cv_folds(refs: pd.DataFrame, exp: ExperimentConfig, fit: GateFit) -> np.ndarray | None:
-    """Fold of each reference for the deployable threshold (``None``: no folds, with fewer
-    than two references or ``deploy_folds`` 0)."""
-    n = len(refs)
-    if n < 2 or exp.deploy_folds == 0:
+    """Fold of each reference for the deployable threshold (``None``: no folds, when
+    :func:`threshold_unavailable` gives a reason)."""
+    assignment = assign_references(refs, exp.gate, fit)
+    if threshold_unavailable(assignment, exp.deploy_folds) is not None:
         return None
-    return reference_folds(assign_references(refs, exp.gate, fit), min(exp.deploy_folds, n))
+    return reference_folds(assignment, min(exp.deploy_folds, len(refs)))
 
 
 def fit_fold_models(refs: pd.DataFrame, desc: np.ndarray, exp: ExperimentConfig,

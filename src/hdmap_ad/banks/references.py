@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 
@@ -64,3 +66,29 @@ def scored_rows(manifest: pd.DataFrame, refs: pd.DataFrame, protocol: str) -> pd
     if protocol in HOLDOUT_PROTOCOLS:
         test = test[~test.image_id.isin(set(refs.image_id))]
     return test.sort_values(["label", "index"]).reset_index(drop=True)
+
+
+def threshold_unavailable(assignment: Sequence[str], deploy_folds: int) -> str | None:
+    """Why an experiment gets no deployable threshold, or None when it gets one.
+
+    The threshold is the largest score of a reference held out of the sub-model that scores
+    it, so every sub-model needs a held-out fold within its own references: with one
+    reference in a condition (budget 1 per condition), the only model left to score it
+    would hold the other condition's references, and its score says nothing about this one.
+
+    Args:
+        assignment: the sub-model of each reference (``mixed``, or ``cold``/``warm``).
+        deploy_folds: the experiment's ``deploy_folds``.
+    """
+    names, counts = np.unique(np.asarray(assignment, dtype=object).astype(str),
+                              return_counts=True)
+    if deploy_folds == 0:
+        return "deploy_folds is 0"
+    if len(assignment) < 2:
+        return f"{len(assignment)} reference: a held-out fold needs at least 2"
+    short = [f"'{n}' has {c}" for n, c in zip(names.tolist(), counts.tolist(), strict=True)
+             if c < 2]
+    if short:
+        return (f"sub-model {', '.join(short)} reference: no held-out fold within its "
+                "condition (a deployable threshold needs at least 2 references per sub-model)")
+    return None

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hdmap_ad.banks.references import threshold_unavailable
 from hdmap_ad.metrics.image import (
     TEST_TUNED,
     best_accuracy,
@@ -104,11 +105,12 @@ def build_metrics(
             "deployable": deploy_thr,
             "deployable_note": (
                 "max reference score from sub-models fit without that reference "
-                f"({exp['deploy_folds']}-fold, stratified by sub-model); "
-                "fit on references only"
+                f"({min(exp['deploy_folds'], len(bank_meta['references']))}-fold, "
+                "stratified by sub-model); fit on references only"
                 if deploy_thr is not None else
-                "unavailable: no reference could be scored by a model fit without it "
-                "(deploy_folds 0, or too few references)"
+                "unavailable: " + (threshold_unavailable(
+                    [r["sub_bank"] for r in bank_meta["references"]], exp["deploy_folds"])
+                    or "no reference could be scored by a model fit without it")
             ),
             "best": best_thr,
             "best_note": "tuned on the test scores themselves (for comparison only)",

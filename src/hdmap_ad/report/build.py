@@ -133,6 +133,12 @@ def _references_text(protocol: dict[str, Any]) -> str:
     return f"`{kind}`{pick}, {_list(sizes) if sizes else 'as the experiments set'} per draw"
 
 
+def _correction_text(h: dict[str, Any]) -> str:
+    if h.get("correction") == "holm":
+        return f"Holm-adjusted over a family of {h.get('family_size', '?')} verdicts"
+    return "no multiplicity correction"
+
+
 def hypothesis_paragraph(h: dict[str, Any]) -> str:
     """One readable paragraph of a hypothesis verdict file: the hypothesis, the claim, the
     protocol (references, seeds, budgets, what was held out, the test), the verdict and its
@@ -167,10 +173,12 @@ def hypothesis_paragraph(h: dict[str, Any]) -> str:
         f"per draw ({first['n_good']} good, {first['n_fault']} fault) on "
         f"{next(iter(results))}.")
     boot = h.get("bootstrap") or {}
-    parts.append("*Test:* two-level paired bootstrap (the reference seeds resampled, then the "
-                 "test maps of each drawn seed, condition x class strata; "
-                 f"{boot.get('n_boot', '?')} resamples, seed {boot.get('seed', '?')}; "
-                 "Davison & Hinkley 1997, section 3.8; Ren et al. 2010).")
+    parts.append("*Test:* crossed (pigeonhole) paired bootstrap (the reference seeds and, once "
+                 "per resample, the test maps shared by every drawn seed, condition x class "
+                 f"strata; {boot.get('n_boot', '?')} resamples, seed {boot.get('seed', '?')}; "
+                 "Owen 2007); one-sided tests at 2.5% against a margin of "
+                 f"{h.get('margin', 0):g} AUROC ({h.get('p_method', '?')} p-values), "
+                 f"{_correction_text(h)}.")
     verdicts = []
     for domain, entries in results.items():
         for e in entries:
@@ -273,7 +281,7 @@ def _hypothesis_lines(path: str, figures: Path, out_dir: Path) -> list[str]:
     if h.get("verdict_macro"):
         head += f" (macro over domains: {h['verdict_macro']})"
     lines = [head, "", hypothesis_paragraph(h), "",
-             "Delta AUROC (b - a) per claim, mean over seeds [two-level 95% interval] and "
+             "Delta AUROC (b - a) per claim, mean over seeds [crossed 95% interval] and "
              f"verdict; the claim (`{h['claim']}`) in bold; the last column is the claim's "
              "delta accuracy at each arm's deployable threshold.", "",
              "| domain | budget | " + " | ".join(CLAIMS) + " | delta acc (deployable) |",
@@ -327,7 +335,7 @@ def methods_gate_lines(entries: list[dict[str, Any]], hypotheses: list[str]) -> 
         over = ("on one reference draw [paired bootstrap 95% CI over the test maps only: the "
                 "variance between reference draws is not covered]")
     else:
-        over = ("mean over the reference seeds [two-level bootstrap 95% CI: seeds, then test "
+        over = ("mean over the reference seeds [crossed bootstrap 95% CI: seeds x test "
                 "maps]")
     lines = ["## Methods x gates", "",
              "Image AUROC on the test maps of the first reference draw (cold / warm AUROC in "
@@ -398,13 +406,17 @@ def build_report(spec: dict[str, Any], out: str | Path,
              f"({_rel(Path(spec['summary_csv']), out.parent)}).", ""]
     if spec["hypotheses"]:
         lines += ["## Hypotheses", "",
-                  "Each hypothesis runs both arms over several reference draws (seeds); a "
-                  "two-level paired bootstrap resamples the seeds, then the test maps within "
-                  "each (Davison & Hinkley 1997, section 3.8; Ren et al. 2010). Supported "
-                  "when the 95% interval of delta AUROC (b - a) on the hypothesis's claim "
-                  "lies above the margin, refuted when below minus it. AUROC is "
-                  "threshold-free; accuracies are at the deployable thresholds (none is "
-                  "test-tuned).", ""]
+                  "Each hypothesis runs both arms over several reference draws (seeds) that "
+                  "score the same test maps; a crossed (pigeonhole) paired bootstrap resamples "
+                  "the seeds and, once per resample, the test maps shared by all drawn seeds "
+                  "(Owen 2007). Each verdict is a one-sided test at 2.5% against the "
+                  "hypothesis's margin: supported when delta AUROC (b - a) on its claim "
+                  "exceeds +margin, refuted when below -margin, equivalent when both "
+                  "one-sided tests put it inside (-margin, +margin) (TOST), else "
+                  "inconclusive; p-values are Holm-adjusted over the hypothesis's family of "
+                  "verdicts (every domain x claim x budget and the macro rows) unless its "
+                  "`correction` is `none`. AUROC is threshold-free; accuracies are at the "
+                  "deployable thresholds (none is test-tuned).", ""]
         for path in spec["hypotheses"]:
             lines += _hypothesis_lines(path, figures, out.parent)
     lines += methods_gate_lines(spec["entries"], spec["hypotheses"])
