@@ -454,3 +454,22 @@ def test_summary_names_test_tuned_figures_and_puts_them_last():
     assert names[-len(tuned):] == tuned
     md = markdown({"x": {"method": "patchcore", **dict.fromkeys(names, 0.5)}})
     assert "accuracy_best_threshold_test_tuned\\*" in md and "\\* tuned on the test" in md
+
+
+def test_app_table_shows_the_margin_the_correction_and_the_adjusted_p(tmp_path):
+    from hdmap_ad.app.data import Run
+
+    tables = {}
+    for s in range(2):
+        d = _draw(s, n=60, effect=1.5, round_to=None)
+        tables[("C", s)] = (_scores(d.y, d.conditions, d.s_a, thr=0.5),
+                            _scores(d.y, d.conditions, d.s_b, thr=0.7))
+    h = hypothesis_report({**_spec(tmp_path, tables, claim="pooled", default=False),
+                           "margin": 0.01})
+    (tmp_path / "results" / "hypotheses").mkdir(parents=True)
+    (tmp_path / "results" / "hypotheses" / "H.json").write_text(json.dumps(h))
+    row = Run(tmp_path).hypotheses_table().iloc[0]
+    assert row["margin"] == 0.01 and row["correction"] == "holm over 4"
+    assert row["verdict"] == "supported"
+    entry = h["results"]["C"][0]
+    assert row["p_adjusted"] == entry["claims"]["pooled"]["p_adjusted"]["supported"] < 0.025

@@ -151,6 +151,11 @@ class Run:
                         "auroc_a": au.get("a"), "auroc_b": au.get("b"),
                         "delta_auroc": au.get("delta"),
                         "auroc_ci95": _interval(au.get("ci95")),
+                        "margin": h.get("margin"),
+                        "p_adjusted": (r.get("claims", {}).get(r.get("claim"), {})
+                                       .get("p_adjusted") or {}).get(r.get("verdict")),
+                        "correction": (f"{h['correction']} over {h.get('family_size')}"
+                                       if h.get("correction") else None),
                         "delta_acc_deployable": acc.get("delta"),
                         "acc_ci95": _interval(acc.get("ci95")),
                         **{f"verdict_{c}": (per.get(c) or {}).get("verdict") for c in per},
