@@ -31,6 +31,7 @@ from hdmap_ad.config import ExperimentConfig
 from hdmap_ad.errors import InputError
 from hdmap_ad.io import atomic_dir, write_json
 from hdmap_ad.methods import FitContext, FittedModel, load_model, save_model
+from hdmap_ad.methods.base import non_finite_arrays
 
 
 @dataclass(frozen=True)
@@ -268,6 +269,29 @@ def bank_metadata(
     }
 
 
+def check_finite_fit(refs: pd.DataFrame, assignment: np.ndarray, fit: GateFit,
+                     models: dict[str, FittedModel],
+                     fold_models: dict[int, dict[str, FittedModel]], where: str) -> None:
+    """Refuse a fit whose gate threshold or a sub-model's state (a bank, a Gaussian, network
+    weights) holds NaN or inf, naming the sub-model and its references: it would score NaN
+    or inf (descriptors are checked finite before any fit; this catches what a fit makes)."""
+    if fit.threshold is not None and not np.isfinite(fit.threshold):
+        raise InputError(f"{where}: gate threshold {fit.threshold} is not finite (p90 of "
+                         f"references {refs.image_id.tolist()[:5]})")
+    named = [(name, m, "") for name, m in sorted(models.items())] + [
+        (name, m, f" (reference fold {f})") for f, ms in sorted(fold_models.items())
+        for name, m in sorted(ms.items())]
+    for name, model, fold in named:
+        bad = non_finite_arrays(model.state()[0])
+        if bad:
+            ids = refs.image_id[assignment == name].tolist() if name in set(assignment) \
+                else refs.image_id.tolist()
+            raise InputError(f"{where}: sub-model {name!r}{fold} fitted on references "
+                             f"{ids[:5]}{' ...' if len(ids) > 5 else ''} holds NaN or inf "
+                             f"(arrays {bad[:3]}); a diverged training (lower lr) or "
+                             "references of extreme values")
+
+
 def write_bank_metadata(path: str | Path, meta: dict[str, Any]) -> None:
     write_json(path, meta)
 
@@ -321,6 +345,7 @@ def fit_experiment(exp: ExperimentConfig, manifest_path: str, feature_paths: lis
                                          layout=source.layout)
     fold_models = fit_fold_models(refs, desc, exp, fit, device, progress=True,
                                   layout=source.layout)
+    check_finite_fit(refs, assignment, fit, models, fold_models, f"fit: {where}")
     meta = bank_metadata(exp, refs, assignment, fit, models, desc.shape[1:4])
     meta["cv"] = {"folds": exp.deploy_folds if fold_models else 0,
                   "sub_models": {str(f): sorted(m) for f, m in fold_models.items()}}

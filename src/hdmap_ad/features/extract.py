@@ -36,7 +36,7 @@ from hdmap_ad.features.cache import (
 )
 from hdmap_ad.features.preprocess import Triple, norm_stats, preprocess
 from hdmap_ad.features.weights import WeightsInfo, load_backbone
-from hdmap_ad.specs import BackboneConfig
+from hdmap_ad.specs import BackboneConfig, check_int
 
 CACHE_FORMAT_VERSION = 1
 
@@ -291,6 +291,8 @@ def extract_to_cache(
             unknown layers or unusable weights.
     """
     _check_items(items, out_paths)
+    # a config built without from_dict: range() with a step < 1 would extract nothing
+    check_int(cfg.batch_size, f"backbones.{cfg.key}.batch_size", minimum=1)
     model, info = load_backbone(cfg, device)
     layers = list(out_paths)
     # unknown layers fail before any map is read or any file is opened

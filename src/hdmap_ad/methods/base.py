@@ -144,6 +144,28 @@ def check_descriptors(desc: np.ndarray, where: str) -> np.ndarray:
     return desc
 
 
+def non_finite_arrays(arrays: dict[str, Any]) -> list[str]:
+    """Names of the arrays (numpy) or tensors (torch) of a state holding NaN or inf."""
+    bad = []
+    for name, value in sorted(arrays.items()):
+        if hasattr(value, "isfinite"):  # a torch tensor (integer tensors are always finite)
+            ok = bool(value.isfinite().all())
+        else:
+            arr = np.asarray(value)
+            ok = not np.issubdtype(arr.dtype, np.inexact) or bool(np.isfinite(arr).all())
+        if not ok:
+            bad.append(name)
+    return bad
+
+
+def check_finite_state(model: FittedModel, where: str) -> None:
+    """Refuse a fitted model whose state holds NaN or inf (it would score NaN or inf, and a
+    NaN score never wins a ``<`` comparison: it would surface as inf)."""
+    bad = non_finite_arrays(model.state()[0])
+    if bad:
+        raise InputError(f"{where}: fitted state holds NaN or inf (arrays {bad[:3]})")
+
+
 #: File extensions of a sub-model's state: numpy arrays or a torch checkpoint.
 STATE_FORMATS = ("npz", "pt")
 

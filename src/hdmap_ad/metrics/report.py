@@ -45,6 +45,19 @@ def gate_summary(test: pd.DataFrame, gated: bool) -> dict[str, Any]:
     return out
 
 
+def check_finite_scores(scores: pd.DataFrame, where: str, step: str = "metrics") -> None:
+    """Refuse NaN or inf image scores of a scores table read from ``where``, naming the step
+    and the first such map: the score step refuses them, so only an older or edited scores
+    file holds one (sklearn would fail on it, a threshold would become inf)."""
+    from hdmap_ad.errors import InputError
+
+    bad = ~np.isfinite(scores.score.to_numpy(dtype=np.float64))
+    if bad.any():
+        row = scores[bad].iloc[0]
+        raise InputError(f"{where}: {step}: {row.role} map {row.image_id!r} has score "
+                         f"{row.score} ({int(bad.sum())} non-finite); re-run the score step")
+
+
 def bank_counts(bank_meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per sub-model: the fit step's counts (``sub_banks``) and what the experiment's
     score-stage options amount to for its references (``Method.score_counts``, e.g. SPADE's
@@ -151,6 +164,7 @@ def metrics_step(scores_path: str, meta_path: str, manifest_path: str,
 
     table = pq.read_table(scores_path)
     scores = table.drop_columns(["patch_scores"]).to_pandas()
+    check_finite_scores(scores, scores_path)
     meta = read_json(meta_path)
     manifest = read_manifest(manifest_path)
     prov = provenance(domain, manifest, feature_paths)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,7 @@ import pyarrow as pa
 from hdmap_ad.banks.bank import GateFit, cv_folds
 from hdmap_ad.banks.gate import BOTH, MIXED, gate_decisions
 from hdmap_ad.config import ExperimentConfig
+from hdmap_ad.errors import InputError
 from hdmap_ad.io import write_table
 from hdmap_ad.methods import FittedModel
 
@@ -41,6 +42,8 @@ def score_routed(
     decisions: np.ndarray,
     models: dict[str, FittedModel],
     progress: bool = False,
+    ids: Sequence[str] | None = None,
+    where: str = "score",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Score maps, each with the sub-model its gate decision names (any method).
 
@@ -52,10 +55,16 @@ def score_routed(
         decisions: ``(N,)`` sub-model name (or ``both``) per map.
         models: sub-model name -> fitted model.
         progress: a progress bar (maps/s) on stderr.
+        ids: ``(N,)`` image ids, to name a map in errors (default: its position).
+        where: the step and experiment, to name them in errors.
 
     Returns:
         ``(scores (N,), patch_scores (N, H, W), bank (N,))``: float32 scores and the name of
         the sub-model each kept score came from.
+
+    Raises:
+        InputError: a sub-model scored a map NaN or inf (image or patch score), naming the
+            map: a NaN never wins the ``<`` below and would be written as inf.
     """
     from tqdm import tqdm
 
@@ -75,6 +84,8 @@ def score_routed(
                 patches = np.zeros((n, h, w), dtype=np.float32)
             for bank in candidates:
                 s, ps = models[bank].score(desc)
+                _check_finite(s, ps, bank, [ids[i] if ids is not None else f"#{i}"
+                                            for i in sel], where)
                 better = s < scores[sel]
                 scores[sel[better]] = s[better]
                 patches[sel[better]] = ps[better]
@@ -83,6 +94,17 @@ def score_routed(
     bar.close()
     assert patches is not None
     return scores, patches, banks
+
+
+def _check_finite(s: np.ndarray, ps: np.ndarray, bank: str, names: list[str],
+                  where: str) -> None:
+    bad = ~(np.isfinite(s) & np.isfinite(ps.reshape(len(ps), -1)).all(axis=1))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InputError(
+            f"{where}: sub-model {bank!r} scored map {names[i]!r} {float(s[i])} (NaN or inf "
+            f"in its image or patch scores; {int(bad.sum())} of {len(s)} in its batch): map "
+            "values far beyond the references' (e.g. 1e30), or a diverged model (lower lr)")
 
 
 def reference_cv_scores(
@@ -125,7 +147,9 @@ def reference_cv_scores(
         if missing.any():
             route[missing] = MIXED  # a fold short of the routed sub-model: its mixed one
         held_pos = np.flatnonzero(held)
-        s, ps, used = score_routed(lambda sel, hp=held_pos: ref_desc[hp[sel]], route, models)
+        s, ps, used = score_routed(lambda sel, hp=held_pos: ref_desc[hp[sel]], route, models,
+                                   ids=refs.image_id.to_numpy()[held_pos].tolist(),
+                                   where=f"score: experiments.{exp.key}: reference_cv fold {f}")
         scores[held_pos], patches[held_pos], bank_used[held_pos] = s, ps, used
         scored[held_pos] = True
     return scored, scores, patches, decisions, bank_used
@@ -190,7 +214,8 @@ def score_experiment(exp: ExperimentConfig, manifest_path: str, feature_paths: l
     scores, patches, used = score_routed(
         DescriptorSource(layer_paths, test.image_id.tolist(), exp.descriptor, where,
                          stream=True, input_path=input_path),
-        decisions, models, progress=progress,
+        decisions, models, progress=progress, ids=test.image_id.tolist(),
+        where=f"score: {where}",
     )
     ref_desc = DescriptorSource(layer_paths, ref_ids, exp.descriptor, where,
                                 input_path=input_path)()
