@@ -194,7 +194,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_app(args: argparse.Namespace) -> int:
     from hdmap_ad.app.launch import run_app
 
-    return run_app(args.root, args.port, args.address)
+    return run_app(args.root, args.port, args.address, allow_stale=args.allow_stale)
 
 
 def _outdates(s: argparse.ArgumentParser) -> None:
@@ -338,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, help="threads of every step (default: all cores, "
                    "up to 16; the run's --cores reproduces its scores exactly)")
     s.add_argument("--weights", help="local checkpoint to use for a file-weights backbone")
+    s.add_argument("--work", help="the run's work folder, to judge whether the model is "
+                   "stale (default: <project>/work of a model in <project>/results/models/)")
+    s.add_argument("--allow-stale", action="store_true",
+                   help="use a model whose experiment has re-run since its export")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     _force(s, "write --out or --maps-dir inside an input folder, and maps into a non-empty "
            "folder that hdmap-ad did not make")
@@ -348,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8501)
     s.add_argument("--address", default="localhost",
                    help="interface to serve on (0.0.0.0: every interface)")
+    s.add_argument("--allow-stale", action="store_true",
+                   help="use exported models whose experiment has re-run since their export")
     s.set_defaults(func=cmd_app)
     return p
 

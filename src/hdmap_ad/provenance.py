@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,25 @@ def feature_provenance(feature_paths: list[str]) -> dict[str, Any]:
             weights["file"] = Path(weights["file"]).name
         out[Path(p).stem] = meta
     return out
+
+
+def json_sha256(obj: Any) -> str:
+    """sha256 of a JSON value in canonical form (sorted keys, no whitespace)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def code_sha256(*modules: str) -> str:
+    """sha256 over ``path:file-sha256`` lines of the source files ``modules`` run (their
+    ``hdmap_ad`` import closure, :func:`hdmap_ad.depgraph.closure`), paths relative to the
+    package: the same code gives the same digest wherever it is installed."""
+    from hdmap_ad.depgraph import SRC, closure
+
+    h = hashlib.sha256()
+    for path in closure(*modules):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        h.update(f"{path.relative_to(SRC).as_posix()}:{digest}\n".encode())
+    return h.hexdigest()
 
 
 def provenance(domain: str, manifest: pd.DataFrame, feature_paths: list[str]) -> dict[str, Any]:

@@ -1,5 +1,8 @@
 # Deployment: one domain x experiment as a self-contained model folder
 # (`snakemake results/models/domainC_gated`), loadable without work/ or DVC. Not part of `all`.
+# Its inputs are every output of the experiment (model, metadata, scores, metrics) and the
+# manifest, so any re-run of the experiment rebuilds it; a folder left behind is refused as
+# stale by predict and the app (hdmap_ad.deploy.bundle.stale_reason).
 
 
 def export_backbone_spec(wildcards):

@@ -16,6 +16,7 @@ Paths follow the pipeline: ``results/{prefix}{domain}_{experiment}.json``,
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,10 @@ import numpy as np
 import pandas as pd
 
 from hdmap_ad.errors import InputError
+
+#: Set (``python -m hdmap_ad app --allow-stale``): exported models whose experiment has re-run
+#: since their export are used anyway (``hdmap_ad.deploy.bundle.verify_bundle``).
+ALLOW_STALE_ENV = "HDMAP_AD_ALLOW_STALE"
 
 #: Metrics columns of the results table: (column, path in the metrics JSON).
 METRIC_COLUMNS = (
@@ -194,12 +199,16 @@ class Run:
         """The experiment's scores without the patch grids (test and reference_cv rows)."""
         import pyarrow.parquet as pq
 
+        from hdmap_ad.metrics.report import check_finite_scores
+
         path = self.scores_path(t)
         if not path.is_file():
             raise InputError(f"{path}: scores not found (run the pipeline for {t.name})")
         schema = pq.read_schema(path)
         cols = [c for c in schema.names if c != "patch_scores"]
-        return pq.read_table(path, columns=cols).to_pandas()
+        scores = pq.read_table(path, columns=cols).to_pandas()
+        check_finite_scores(scores, str(path), "app")  # never an inf on a page
+        return scores
 
     def patch_grid(self, t: Target, image_id: str) -> np.ndarray:
         """``(gh, gw)`` patch scores of one scored map (the test row)."""
@@ -418,7 +427,10 @@ class Inspector:
 
             exported = self.run.exported_path(self.target)
             if (exported / "model.json").is_file():
-                self._bundle = load_bundle(exported)
+                # verified as predict verifies it; stale against this run's work/: refused
+                self._bundle = load_bundle(
+                    exported, work=self.run.work, judge_staleness=True,
+                    allow_stale=os.environ.get(ALLOW_STALE_ENV, "") not in ("", "0"))
             else:
                 from hdmap_ad.config import load_params
                 from hdmap_ad.deploy.export import model_record
@@ -475,7 +487,7 @@ class Inspector:
     def upload(self, path: str) -> tuple[MapView, np.ndarray]:
         """Score an uploaded map file (read, extracted and scored as ``predict`` does);
         returns the view and its ``(1, H, W, D)`` descriptors."""
-        from hdmap_ad.deploy.predict import Predictor
+        from hdmap_ad.deploy.predict import Predictor, non_finite_score
 
         if self._predictor is None:
             self._predictor = Predictor(self.bundle)
@@ -485,11 +497,16 @@ class Inspector:
         decision = str(pred.decide(np.array([p90]))[0])
         one = [{k: v[0] for k, v in feats.items()}]
         scores, patches, kept, each = pred.score_features(one, decision)
+        bad = non_finite_score(scores[0], patches[0], {k: v[0] for k, v in each.items()})
+        if bad:  # never an inf on the page
+            raise InputError(f"{path}: app: {bad}")
         desc = pred.describe(one)
+        # the model's own threshold: the run's equals it unless the model is stale (allowed)
         view = MapView(name=Path(path).name, image=img, patch_scores=patches[0],
-                       score=float(scores[0]), threshold=self.threshold, routing=decision,
+                       score=float(scores[0]), threshold=self.bundle.deployable,
+                       routing=decision,
                        sub_model=str(kept[0]), p90=p90,
-                       gate_threshold=self.meta["gate"]["threshold"],
+                       gate_threshold=self.bundle.gate.threshold,
                        sub_scores={k: float(v[0]) for k, v in each.items()})
         return view, desc
 

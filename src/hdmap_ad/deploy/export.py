@@ -10,8 +10,8 @@ the metrics.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,9 @@ from hdmap_ad.deploy.bundle import (
     REFERENCES,
     SUB_MODELS,
     VERDICT_RULE,
+    file_sha256,
     load_bundle,
+    reference_key,
 )
 from hdmap_ad.errors import InputError
 from hdmap_ad.io import read_json, write_json
@@ -35,16 +37,6 @@ from hdmap_ad.outputs import FOLDER, check_output, replacing_folder
 
 #: Backbone fields whose value in the feature caches must equal the spec's.
 _CHECKED = ("model", "input_size", "resize", "patch_pool")
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes (here, not ``features.weights``': that module imports timm,
-    seconds of start-up for a step that reads a few files)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_json(path: str | Path, what: str) -> Any:
@@ -114,7 +106,10 @@ def _preprocessing(backbone: BackboneConfig, exp: ExperimentConfig,
     return pre, weights
 
 
-def _reference_maps(manifest_path: str, ref_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _reference_maps(manifest_path: str, ref_ids: list[str]) -> dict[str, np.ndarray]:
+    """The arrays of ``references.npz``: ``image_id`` and the maps, stacked as ``maps`` when
+    they share one shape, else one array each (``reference_key``: a folder of mixed image
+    sizes keeps each map as the study read it)."""
     from hdmap_ad.data.manifest import read_manifest
     from hdmap_ad.data.maps import read_map
 
@@ -122,8 +117,46 @@ def _reference_maps(manifest_path: str, ref_ids: list[str]) -> tuple[np.ndarray,
     missing = [i for i in ref_ids if i not in manifest.index]
     if missing:
         raise InputError(f"{manifest_path}: reference(s) {missing[:5]} not in the manifest")
-    maps = np.stack([read_map(manifest.loc[i, "path"]) for i in ref_ids])
-    return np.asarray(ref_ids, dtype=str), maps
+    maps = [read_map(manifest.loc[i, "path"]) for i in ref_ids]
+    ids = np.asarray(ref_ids, dtype=str)
+    if len({m.shape for m in maps}) <= 1:
+        return {"image_id": ids, "maps": np.stack(maps)}
+    return {"image_id": ids, **{reference_key(k): m for k, m in enumerate(maps)}}
+
+
+def _map_sizes(manifest_path: str) -> list[list[int]]:
+    """The distinct ``[height, width]`` of the study's maps (the manifest's), sorted."""
+    from hdmap_ad.data.manifest import read_manifest
+
+    manifest = read_manifest(manifest_path)
+    if "height" not in manifest:
+        return []
+    return [list(hw) for hw in sorted({(int(h), int(w)) for h, w in
+                                        zip(manifest.height, manifest.width, strict=True)})]
+
+
+#: The pipeline steps whose code an exported model was made with (its ``code_sha256``).
+PIPELINE_MODULES = ("hdmap_ad.features.extract", "hdmap_ad.banks.bank",
+                    "hdmap_ad.scoring.score", "hdmap_ad.metrics.report",
+                    "hdmap_ad.deploy.export")
+
+
+def fingerprint(provenance: dict[str, Any], experiment: dict[str, Any],
+                backbone: BackboneConfig) -> dict[str, str]:
+    """sha256 of what a model was made from: the data (the manifest's content hash), the
+    features' provenance, the params (experiment and backbone spec) and the pipeline's code
+    (:data:`PIPELINE_MODULES`). Staleness is judged on the run's outputs
+    (``hdmap_ad.deploy.bundle.stale_reason``); these say what changed."""
+    from hdmap_ad.provenance import code_sha256, json_sha256
+
+    out = {
+        "data_sha256": provenance.get("data_sha256"),
+        "features_sha256": json_sha256(provenance.get("features") or {}),
+        "params_sha256": json_sha256({"experiment": experiment,
+                                      "backbone": backbone.to_dict()}),
+        "code_sha256": code_sha256(*PIPELINE_MODULES),
+    }
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _map_folders(manifest_path: str) -> list[str]:
@@ -160,6 +193,9 @@ def model_record(
     meta = _read_json(meta_path, "model metadata")
     metrics = _read_json(metrics_path, "metrics")
     deploy, scores_meta = deployable_threshold(scores_path)
+    if deploy is not None and not math.isfinite(deploy):
+        raise InputError(f"{scores_path}: export: the deployable threshold is {deploy} (a "
+                         "held-out reference scored NaN or inf); re-run the score step")
     if not isinstance(scores_meta.get("experiment"), dict):
         raise InputError(f"{scores_path}: no experiment in the scores' metadata")
     # the model metadata holds the fit step's view (no score-stage options); the scores the
@@ -214,6 +250,7 @@ def model_record(
         "metrics": {k: metrics.get(k) for k in ("metrics", "per_condition", "gate", "counts")},
         "provenance": {
             **provenance,
+            "fingerprint": fingerprint(provenance, scores_meta["experiment"], backbone),
             "exported_from": {
                 "model_meta_sha256": file_sha256(Path(meta_path)),
                 "scores_sha256": file_sha256(Path(scores_path)),
@@ -271,16 +308,18 @@ def export_model(
             f"{fitted['input_map']!r}); predict extracts one backbone, so such models cannot "
             "be exported yet")
     model = model_record(backbone, meta_path, model_dir, scores_path, metrics_path, name)
+    if manifest_path:  # predict takes other sizes where the study did (several sizes)
+        model["preprocessing"]["map_sizes"] = _map_sizes(manifest_path)
     with replacing_folder(out) as tmp:
         (tmp / SUB_MODELS).mkdir()
         for s in model["sub_models"]:  # the fold sub-models (cv/) stay behind
             for path in (Path(model_dir) / f"{s}.json", state_file(model_dir, s)):
                 shutil.copyfile(path, tmp / SUB_MODELS / path.name)
         if manifest_path:
-            ids, maps = _reference_maps(manifest_path,
-                                        [r["image_id"] for r in model["references"]])
+            arrays = _reference_maps(manifest_path,
+                                     [r["image_id"] for r in model["references"]])
             with open(tmp / REFERENCES, "wb") as fh:
-                np.savez(fh, image_id=ids, maps=maps)
+                np.savez(fh, **arrays)
         write_json(tmp / MODEL_JSON, model)
         load_bundle(tmp)  # the folder must load before it replaces anything
 

@@ -20,8 +20,10 @@ scored them, with ``threads`` equal to the run's ``--cores`` (up to 16), give th
 scores bit for bit (``tests/test_export_predict.py``; on the demo's 768 domain C test maps
 too). Another order or thread count moves a score by up to about 2e-6 of its value.
 
-A bad file (unreadable, corrupt, wrong shape, NaN/Inf, negative values) gets a row with the
-reason in ``error`` and no score; the others are scored as usual.
+A bad file (unreadable, corrupt, wrong shape, NaN/Inf, negative values), or a map that a
+sub-model scores NaN or inf, gets a row with the reason in ``error`` and no score; the others
+are scored as usual. Maps of another size than the model's are resized as the study resized
+its maps where it took several sizes (a folder dataset; ``Predictor.check_size``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import csv
 import os
 import stat
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,29 +220,54 @@ class Predictor:
 
     # -- steps ------------------------------------------------------------------------------
     def read(self, path: str) -> tuple[np.ndarray, float]:
-        """The map and its p90 (as the manifest computes it); InputError for a bad file."""
+        """The map and its p90 (as the manifest computes it); InputError for a bad file or a
+        size the study would not have taken (:meth:`check_size`)."""
         arr = read_map(path)
-        if tuple(arr.shape) != tuple(self.bundle.map_shape):
-            raise InputError(f"{path}: map shape {tuple(arr.shape)} differs from the model's "
-                             f"{tuple(self.bundle.map_shape)}")
+        self.check_size(arr, path)
         gray = arr if arr.ndim == 2 else arr.mean(axis=-1)
         return arr, float(np.percentile(gray, 90))
+
+    def check_size(self, arr: np.ndarray, path: str) -> None:
+        """Take a map of another shape than the model's where the study took maps of several
+        sizes (a folder dataset: ``preprocessing.map_sizes``), each resized to the backbone's
+        input on its own as the study's extraction did; refuse it where the study had one
+        shape (HDMAP), with ``resize: none`` (the map's size is the patch grid's) and for a
+        per-position method under ``aspect-pad`` (each size pads the grid differently)."""
+        shape = tuple(self.bundle.map_shape)
+        if tuple(arr.shape) == shape:
+            return
+        sizes = self.bundle.meta["preprocessing"].get("map_sizes") or [shape[:2]]
+        method = self.exp.method.method
+        why = ""
+        if len(sizes) < 2:
+            why = "; the model was fit on maps of one shape"
+        elif self.cfg.resize == "none":
+            why = "; with resize 'none' a map's size is its patch grid"
+        elif self.cfg.resize == "aspect-pad" and method.per_position \
+                and tuple(arr.shape[:2]) != shape[:2]:
+            why = (f"; {method.name} models each patch position and resize 'aspect-pad' pads "
+                   "each size differently")
+        if why:
+            raise InputError(f"{path}: map shape {tuple(arr.shape)} differs from the model's "
+                             f"{shape}{why}")
 
     def _limits(self):
         from threadpoolctl import threadpool_limits
 
         return threadpool_limits(limits=self.threads)
 
-    def extract(self, maps: np.ndarray) -> dict[str, np.ndarray]:
-        """``{layer: (B, gh, gw, C)}`` of the backbone's layers (one forward pass)."""
+    def extract(self, maps: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """``{layer: (B, gh, gw, C)}`` of the backbone's layers (one forward pass); maps of
+        several sizes are resized to the input each on its own, as the study's extraction
+        does (``preprocess_maps``)."""
         import torch
 
-        from hdmap_ad.features.extract import extract_batch
-        from hdmap_ad.features.preprocess import preprocess
+        from hdmap_ad.features.extract import extract_batch, preprocess_maps
 
         torch.set_num_threads(self.threads)
         with self._limits():
-            return extract_batch(self.model, preprocess(maps, self.cfg, self.mean, self.std),
+            return extract_batch(self.model,
+                                 preprocess_maps(list(maps), self.cfg, self.mean, self.std),
                                  list(self.cfg.layers), self.cfg.patch_pool,
                                  self.cfg.autocast_cuda)
 
@@ -314,11 +341,16 @@ def predict_maps(predictor: Predictor, items: list[tuple[str, str]], maps_dir: s
             return
         scores, patches, kept, each = predictor.score_features([f for _, f, _ in queue], decision)
         for i, (pred, _, img) in enumerate(queue):
+            bad = non_finite_score(scores[i], patches[i], {k: v[i] for k, v in each.items()})
+            if bad:  # a NaN or inf never reaches the CSV
+                pred.error = f"predict: {pred.path}: {bad}"
+                done[pred.position] = pred
+                continue
             pred.score = float(scores[i])
             pred.sub_model = str(kept[i])
             pred.sub_scores = {k: float(v[i]) for k, v in each.items()}
             pred.patch_scores = patches[i]
-            _locate(pred, bundle)
+            _locate(pred, bundle, img.shape)
             if out_dir is not None:
                 pred.anomaly_map = _write_map(out_dir, names[pred.position], img, patches[i],
                                               bundle, maps_format)
@@ -341,7 +373,7 @@ def predict_maps(predictor: Predictor, items: list[tuple[str, str]], maps_dir: s
                 continue
             good.append((pred, img))
         if good:
-            feats = predictor.extract(np.stack([img for _, img in good]))
+            feats = predictor.extract([img for _, img in good])
             finite = np.ones(len(good), dtype=bool)
             for f in feats.values():  # an extreme finite map overflows inside the backbone
                 finite &= np.isfinite(f.reshape(len(f), -1)).all(axis=1)
@@ -373,14 +405,28 @@ def predict_maps(predictor: Predictor, items: list[tuple[str, str]], maps_dir: s
         next_pos += 1
 
 
-def _locate(pred: Prediction, bundle: ModelBundle) -> None:
+def non_finite_score(score: float, patch_scores: np.ndarray,
+                     sub_scores: dict[str, np.ndarray]) -> str:
+    """Why a map's scores cannot be reported ('' when they are all finite): a sub-model gave
+    NaN or inf (map values beyond what the model was fit on, or a broken model)."""
+    for name, value in sorted(sub_scores.items()):
+        if not np.isfinite(value):
+            return (f"sub-model {name!r} scored it {float(value)} (map values far beyond the "
+                    "references'?)")
+    if not np.isfinite(score) or not np.isfinite(patch_scores).all():
+        return f"its score or patch scores are NaN or inf (score {float(score)})"
+    return ""
+
+
+def _locate(pred: Prediction, bundle: ModelBundle, map_shape: tuple[int, ...]) -> None:
+    """Worst patch and the map pixel under its centre, in the map's own size."""
     from hdmap_ad.deploy.render import patch_center, worst_patch
 
     assert pred.patch_scores is not None
     pred.worst_patch = worst_patch(pred.patch_scores)
     pre = bundle.meta["preprocessing"]
     size = pre["input_size"]  # None with resize 'none' (the map's own size, e.g. raw)
-    pred.worst_pixel = patch_center(*pred.worst_patch, bundle.grid, bundle.map_shape,
+    pred.worst_pixel = patch_center(*pred.worst_patch, bundle.grid, map_shape,
                                     None if size is None else int(size), str(pre["resize"]))
 
 
@@ -447,8 +493,14 @@ def csv_row(pred: Prediction, bundle: ModelBundle) -> dict[str, Any]:
 def predict_to_csv(model: str, inputs: list[str], out: str, maps_dir: str | None = None,
                    maps_format: str = "png", recursive: bool = False, device: str = "cpu",
                    threads: int | None = None, weights: str | None = None,
-                   progress: bool = True, force: bool = False) -> dict[str, int]:
+                   progress: bool = True, force: bool = False, work: str | None = None,
+                   allow_stale: bool = False) -> dict[str, int]:
     """Predict every map of ``inputs`` and write the CSV ``out`` (atomically, streamed).
+
+    The model folder is verified first (``hdmap_ad.deploy.bundle.verify_bundle``): its
+    record, its sub-model files' sha256 and, against the run in ``work`` (default: the
+    project the folder sits in, ``<project>/results/models/<name>``), whether it is stale;
+    a stale model is refused unless ``allow_stale``.
 
     ``out`` and ``maps_dir`` are checked before anything is read
     (:func:`hdmap_ad.outputs.check_output`): never an input or the model folder, nor inside an
@@ -471,7 +523,8 @@ def predict_to_csv(model: str, inputs: list[str], out: str, maps_dir: str | None
             raise InputError(f"--out {out}: is also the --maps-dir folder")
         check_output(maps_dir, "--maps-dir", kind=INTO, inputs=read, model=model, force=force)
     _log_hidden(hidden)  # after the checks: a refusal stays one line
-    bundle = load_bundle(model, device, weights)
+    bundle = load_bundle(model, device, weights, work=work, allow_stale=allow_stale,
+                         judge_staleness=True)
     predictor = Predictor(bundle, device, threads)
     counts = {"maps": len(items), "scored": 0, "anomalous": 0, "failed": 0}
     with atomic_path(out) as tmp, open(tmp, "w", newline="") as fh:
@@ -491,7 +544,9 @@ def predict_step(args: Any, device: str = "cpu") -> int:
     failed (its reason is in the ``error`` column), else 0."""
     counts = predict_to_csv(args.model, args.input, args.out, args.maps_dir, args.maps_format,
                             args.recursive, device, args.threads, args.weights,
-                            progress=not args.quiet, force=getattr(args, "force", False))
+                            progress=not args.quiet, force=getattr(args, "force", False),
+                            work=getattr(args, "work", None),
+                            allow_stale=getattr(args, "allow_stale", False))
     print(f"hdmap_ad predict: {counts['maps']} maps, {counts['scored']} scored, "
           f"{counts['anomalous']} anomalous, {counts['failed']} failed -> {args.out}",
           file=sys.stderr)
