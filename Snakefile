@@ -10,6 +10,7 @@ include: "workflow/rules/fit.smk"
 include: "workflow/rules/scoring.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/leaderboards.smk"
+include: "workflow/rules/selection.smk"
 include: "workflow/rules/export.smk"
 
 
@@ -21,6 +22,7 @@ localrules:
     sweep,
     hypothesis,
     leaderboard,
+    select,
     report,
 
 
@@ -29,4 +31,5 @@ rule all:
         "results/metrics.json",
         target_hypotheses(),
         target_leaderboards(),
+        target_selections(),
         "results/report.md",

@@ -172,6 +172,25 @@ def cmd_leaderboard(args: argparse.Namespace) -> None:
                      args.figure or out.with_name(f"{out.stem}_critical_difference.png"))
 
 
+def cmd_validation_set(args: argparse.Namespace) -> None:
+    from hdmap_ad.validation.build import build_validation_set
+
+    build_validation_set(_spec(args.spec), args.manifest, args.out, progress=not args.quiet)
+
+
+def cmd_validation_score(args: argparse.Namespace) -> None:
+    from hdmap_ad.validation.score import validate_experiment
+
+    validate_experiment(_experiment(args), args.set, args.set_features, args.manifest,
+                        args.features, args.model, args.meta, args.out, _device(args.device))
+
+
+def cmd_select(args: argparse.Namespace) -> None:
+    from hdmap_ad.selection.choose import select_step
+
+    select_step(_spec(args.spec), args.out)
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from hdmap_ad.report.build import build_report
 
@@ -305,6 +324,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--markdown", help="markdown table (default: --out with .md)")
     s.add_argument("--figure", help="CD diagram PNG (default: <out>_critical_difference.png)")
     s.set_defaults(func=cmd_leaderboard)
+
+    s = sub.add_parser("validation-set", help="synthetic anomalies made from an experiment's "
+                       "held-out references, per reference fold (a validation set)")
+    s.add_argument("--spec", required=True, help="JSON: a selection's validation set spec "
+                   "(validation entry, references, grouping, deploy_folds)")
+    s.add_argument("--manifest", required=True, help="the domain manifest")
+    s.add_argument("--out", required=True, help="the set's folder (replaced)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_validation_set)
+
+    s = sub.add_parser("validation-score", help="validation AUROC of a fitted experiment on "
+                       "a validation set (its reference-fold models)")
+    s.add_argument("--spec", required=True, help="JSON of one experiments entry (with key)")
+    s.add_argument("--set", required=True, help="the validation set's folder")
+    s.add_argument("--set-features", nargs="+", required=True,
+                   help="the set's per-layer caches")
+    s.add_argument("--manifest", required=True, help="the domain manifest")
+    s.add_argument("--features", nargs="+", required=True, help="the domain's per-layer caches")
+    s.add_argument("--model", required=True, help="model folder written by the fit step")
+    s.add_argument("--meta", required=True, help="model metadata JSON")
+    s.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    s.add_argument("--out", required=True, help="validation JSON")
+    s.set_defaults(func=cmd_validation_score)
+
+    s = sub.add_parser("select", help="choose a selection grid's point by validation AUROC; "
+                       "report its test metrics")
+    s.add_argument("--spec", required=True, help="JSON: the selection plan, the domain and "
+                   "per point its validation and metrics JSON")
+    s.add_argument("--out", required=True, help="the selected JSON")
+    s.set_defaults(func=cmd_select)
 
     s = sub.add_parser("report", help="results/report.md with tables, verdicts and figures")
     s.add_argument("--spec", required=True, help="JSON: entries, hypotheses, summary paths")

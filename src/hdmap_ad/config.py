@@ -19,6 +19,7 @@ from hdmap_ad.banks.gate import GATE_MODES
 from hdmap_ad.errors import InputError
 from hdmap_ad.features.context import ContextConfig
 from hdmap_ad.methods import MethodConfig, method_schema
+from hdmap_ad.selection.grid import SelectionPlan, is_selection, parse_selections
 from hdmap_ad.specs import (  # noqa: F401  (re-exported: one place to import configs from)
     PROTOCOLS,
     RAW_MODEL,
@@ -31,6 +32,7 @@ from hdmap_ad.specs import (  # noqa: F401  (re-exported: one place to import co
     _build,
     check_int,
 )
+from hdmap_ad.validation import ValidationConfig, parse_validation, validation_entry_schema
 
 if TYPE_CHECKING:
     from hdmap_ad.features.descriptors import DescriptorConfig
@@ -365,6 +367,10 @@ class Params:
     hypotheses: dict[str, HypothesisConfig] = field(default_factory=dict)
     hypothesis_plans: dict[str, HypothesisPlan] = field(default_factory=dict)
     leaderboards: dict[str, LeaderboardConfig] = field(default_factory=dict)
+    #: validation sets and ``select:`` grids (``hdmap_ad.validation``, ``hdmap_ad.selection``)
+    validation: dict[str, ValidationConfig] = field(default_factory=dict)
+    selections: dict[str, SelectionPlan] = field(default_factory=dict)
+    target_selections: tuple[str, ...] = ()
 
     def feature_sources(self, experiment: str) -> list[tuple[str, str]]:
         """``(backbone key, layer)`` of every feature cache an experiment reads, in the order
@@ -419,6 +425,7 @@ def params_schema(schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
     exp_props = schema["definitions"]["experiment"]["properties"]
     exp_props["gate"] = {"enum": list(GATE_MODES)}
     exp_props["method"] = method_schema()
+    schema["properties"]["validation"]["additionalProperties"] = validation_entry_schema()
     return schema
 
 
@@ -568,6 +575,8 @@ def parse_params(raw: dict[str, Any]) -> Params:
     experiments: dict[str, ExperimentConfig] = {}
     sweeps: dict[str, tuple[Variant, ...]] = {}
     for k, v in raw["experiments"].items():
+        if is_selection(v):  # a select: grid; its points are added below
+            continue
         concrete, variants = expand_sweep(k, v)
         clash = sorted(set(concrete) & (set(experiments) | set(raw["experiments"]) - {k}))
         if clash:
@@ -575,6 +584,8 @@ def parse_params(raw: dict[str, Any]) -> Params:
         experiments.update(concrete)
         if variants is not None:
             sweeps[k] = variants
+    validation = parse_validation(raw.get("validation"))
+    selections, target_selections = parse_selections(raw, experiments, validation)
     for key, exp in experiments.items():
         if exp.backbone not in backbones:
             raise InputError(
@@ -598,7 +609,8 @@ def parse_params(raw: dict[str, Any]) -> Params:
                     f"model {RAW_MODEL!r} and one layer (map or rgb); params defines raw "
                     f"backbone(s) {raw_keys}")
     names = set(experiments) | set(sweeps)
-    targets = tuple(raw.get("targets", {}).get("experiments", list(raw["experiments"])))
+    targets = tuple(raw.get("targets", {}).get(
+        "experiments", [k for k in raw["experiments"] if k not in selections]))
     unknown = [t for t in targets if t not in names]
     if unknown:
         raise InputError(f"targets.experiments: {unknown} are not defined under experiments")
@@ -645,6 +657,9 @@ def parse_params(raw: dict[str, Any]) -> Params:
     }
     return Params(
         leaderboards=leaderboards,
+        validation=validation,
+        selections=selections,
+        target_selections=target_selections,
         sweeps=sweeps,
         hypotheses=hypotheses,
         hypothesis_plans=plans,

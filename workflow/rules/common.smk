@@ -274,6 +274,31 @@ def leaderboard_spec(wildcards):
     return json.dumps({**lb.to_dict(), "results": results}, sort_keys=True)
 
 
+def selected_path(domain, selection):
+    return f"results/{RESULT_PREFIX}{domain}_{selection}_selected.json"
+
+
+def validation_dir(domain, set_id):
+    """A validation set's folder, named by its content (``SelectionPlan.set_id``): the set
+    under ``set/``, its feature caches under ``features/``, each point's score under
+    ``scores/``."""
+    return f"{WORK}/validation/domain_{domain}/{set_id}"
+
+
+def target_selections():
+    """The selected JSON of every domain x selection target (none without ``select:``)."""
+    return [selected_path(d, s) for s in PARAMS.target_selections for d in PARAMS.domains]
+
+
+def report_selections():
+    """Domain x selection target, for the report: its selected JSON and validation set."""
+    return [{"domain": d, "label": f"{RESULT_PREFIX}{d}", "selection": s,
+             "selected": selected_path(d, s),
+             "set": f"{validation_dir(d, PARAMS.selections[s].set_id)}/set",
+             "manifest": f"{WORK}/manifests/domain_{d}.parquet"}
+            for s in PARAMS.target_selections for d in PARAMS.domains]
+
+
 def report_plots():
     """ROC points per domain x experiment (`dvc plots show`); plain files, no folder stamp."""
     return [f"results/plots/roc/{e['label']}_{e['experiment']}.csv" for e in report_entries()]
@@ -285,6 +310,8 @@ def report_inputs():
         files |= {e["scores"], e["metrics"], e["bank_meta"], e["manifest"]}
     for name in PARAMS.leaderboards:
         files |= set(leaderboard_paths(name).values())
+    for s in report_selections():
+        files |= {s["selected"], s["set"], s["manifest"]}
     return sorted(files)
 
 
@@ -294,4 +321,5 @@ def report_spec():
         "summary_md": "results/summary.md", "summary_csv": "results/summary.csv",
         "figures": "results/figures", "plots": "results/plots/roc",
         "leaderboards": [leaderboard_paths(name) for name in PARAMS.leaderboards],
+        "selections": report_selections(),
     }, sort_keys=True)
