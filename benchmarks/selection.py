@@ -1,0 +1,286 @@
+"""Does selection by synthetic anomalies pick what the test labels would (issue #28 item 3)?
+
+    python benchmarks/selection.py            # the demo's 4 domains (about 20-40 min, 2 cores)
+    python benchmarks/selection.py --quick    # one tiny domain: checks the harness (~2 min)
+
+Runs the pipeline itself (Snakemake, in a project folder under ``work/bench-selection``) on
+the demo's data and backbone with the demo's gated setup (16 cold + 16 warm test/good
+references, p90 gate): per method a ``select:`` grid (:data:`GRIDS`) scored on one validation
+set per recipe (``noise_band``, ``cutpaste``, ``perlin``, each over a wide strength range).
+Identical grid points are one fit, whatever the recipe. Then, per method x recipe x strength
+bin (the anomalies whose drawn strength lies in the low, middle or high third of the range,
+against every held-out reference; ``all``: the whole set, what the selected JSON used):
+
+- Kendall's tau (tau-b) between the grid's validation AUROCs and its test AUROCs;
+- regret: test AUROC of the grid's best point on test minus that of the point the
+  validation AUROC selects (ties as the ``select`` step breaks them);
+- the same regret for the default point (the method's default options).
+
+Each is computed per domain, then averaged over the domains. Before the grids, the full run
+times what the demo's selected experiment (``gated_select``) adds to ``make demo`` on this
+machine: its jobs after the demo's own (same features). Writes
+``results/benchmarks/selection.json`` and ``.md`` and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from benchmarks_common import machine, machine_line, write_outputs
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+RECIPES = ("noise_band", "cutpaste", "perlin")
+STRENGTH = [0.1, 1.5]
+BINS = ("low", "mid", "high")
+#: Each method's grid; its defaults (the first block of each method) are one of the points.
+GRIDS = {
+    "patchcore": {"coreset_ratio": [0.01, 0.1], "layers": [["blocks.2"], ["blocks.2", "blocks.4"]]},
+    "padim": {"n_features": [50, 100, 200]},
+    "dfm": {"pca_level": [0.9, 0.97, 0.99]},
+}
+QUICK_GRIDS = {
+    "patchcore": {"coreset_ratio": [0.1, 0.5]},
+    "dfm": {"pca_level": [0.9, 0.99]},
+}
+
+
+def bench_params(quick: bool) -> dict:
+    """The benchmark's params: the demo's data, backbone and gated setup + the grids."""
+    from hdmap_ad.config import read_params_yaml
+
+    demo = read_params_yaml(REPO / "params.yaml")
+    grids = QUICK_GRIDS if quick else GRIDS
+    gated = copy.deepcopy(demo["experiments"]["gated"])
+    params = {
+        "dataset": copy.deepcopy(demo["dataset"]),
+        "domains": list(demo["domains"]),
+        "device": "cpu",
+        "backbones": {"effnet_lite2": copy.deepcopy(demo["backbones"]["effnet_lite2"])},
+        "validation": {r: {"recipe": r, "strength": STRENGTH, "per_reference": 2, "seed": 0}
+                       for r in RECIPES},
+        "experiments": {},
+        "targets": {"experiments": []},
+    }
+    if quick:
+        params["dataset"]["synthetic"] = {"seed": 7, "n_train": 6, "n_test_good": 24,
+                                          "n_test_fault": 24}
+        params["domains"] = ["C"]
+        params["backbones"]["effnet_lite2"].update(input_size=96, batch_size=16)
+        gated["references"].update(n_cold=4, n_warm=4)
+        gated["layers"] = ["blocks.2"]
+        for v in params["validation"].values():
+            v["per_reference"] = 3
+    else:
+        # the demo's own selection, timed before the grids (what it adds to make demo)
+        params["validation"].update(copy.deepcopy(demo.get("validation") or {}))
+        params["experiments"]["gated"] = copy.deepcopy(demo["experiments"]["gated"])
+        params["experiments"]["gated_select"] = copy.deepcopy(demo["experiments"]["gated_select"])
+    for method, grid in grids.items():
+        for recipe in RECIPES:
+            params["experiments"][f"{method}_{recipe}"] = {
+                **copy.deepcopy(gated), "method": {"name": method},
+                "select": {"validation": recipe, **copy.deepcopy(grid)}}
+    return params
+
+
+def lay_project(root: Path, params: dict) -> None:
+    """The pipeline's Snakefile, rules and profiles in ``root`` (code from this checkout)."""
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "workflow", "profiles"):
+        src, dst = REPO / name, root / name
+        if dst.is_dir():
+            shutil.rmtree(dst)
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def snakemake(root: Path, cores: int, targets: list[str]) -> float:
+    """Run Snakemake on ``targets`` in ``root`` (its progress lines echoed); wall seconds."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(["snakemake", "--cores", str(cores), "--profile",
+                             "profiles/default", *targets], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tail = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        tail = (tail + [line])[-60:]
+        if "steps (" in line or line.startswith(("rule ", "localrule ")):
+            print("  " + line.rstrip(), file=sys.stderr, flush=True)
+    if proc.wait() != 0:
+        raise SystemExit("snakemake failed:\n" + "".join(tail))
+    return time.perf_counter() - t0
+
+
+def bin_of(strength: float) -> str:
+    lo, hi = STRENGTH
+    k = min(int((strength - lo) / (hi - lo) * len(BINS)), len(BINS) - 1)
+    return BINS[max(k, 0)]
+
+
+def bin_auroc(validation: dict, which: str) -> float | None:
+    """Validation AUROC with only the anomalies of strength bin ``which`` (``all``: every)."""
+    from hdmap_ad.validation.score import auroc
+
+    normal = np.array([r["score"] for r in validation["normal"]])
+    anomalies = np.array([r["score"] for r in validation["anomalies"]
+                          if which == "all" or bin_of(r["strength"]) == which])
+    return auroc(normal, anomalies)
+
+
+def grid_figures(val: list[float], test: list[float], sizes: list[int], default: int | None
+                 ) -> dict:
+    """Kendall's tau, and the regret of the validation-selected and the default point."""
+    from scipy.stats import kendalltau
+
+    from hdmap_ad.selection.choose import choose_point
+
+    chosen, _ = choose_point(val, sizes)
+    best = max(test)
+    tau = kendalltau(val, test).statistic if len(set(val)) > 1 and len(set(test)) > 1 else None
+    return {"tau": None if tau is None or not np.isfinite(tau) else float(tau),
+            "regret": best - test[chosen],
+            "regret_default": None if default is None else best - test[default],
+            "chosen": chosen}
+
+
+def collect(root: Path, params: dict) -> list[dict]:
+    """One row per domain x method x recipe x strength bin."""
+    from hdmap_ad.config import parse_params
+
+    p = parse_params(params)
+    rows = []
+    for key, plan in p.selections.items():
+        if "_" not in key or key.split("_", 1)[1] not in RECIPES:
+            continue  # the demo's own selection
+        method, recipe = key.split("_", 1)
+        for d in p.domains:
+            sel = json.loads((root / f"results/domain{d}_{key}_selected.json").read_text())
+            test = [g["test"]["auroc"] for g in sel["grid"]]
+            sizes = [g["model_bytes"] for g in sel["grid"]]
+            vals = [json.loads((root / f"work/validation/domain_{d}/{plan.set_id}/scores/"
+                                f"{pt.key}.json").read_text()) for pt in plan.points]
+            for which in ("all", *BINS):
+                val = [bin_auroc(v, which) for v in vals]
+                if any(v is None for v in val):
+                    continue
+                fig = grid_figures(val, test, sizes, plan.default)
+                rows.append({"domain": d, "method": method, "recipe": recipe,
+                             "strength": which, "validation_auroc": val, "test_auroc": test,
+                             "points": [pt.to_dict()["point"] for pt in plan.points],
+                             "default": plan.default, **fig})
+    return rows
+
+
+def _mean(xs: list) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return float(np.mean(xs)) if xs else None
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean over domains per method x recipe x strength bin."""
+    out = []
+    keys = dict.fromkeys((r["method"], r["recipe"], r["strength"]) for r in rows)
+    for method, recipe, which in keys:
+        group = [r for r in rows if (r["method"], r["recipe"], r["strength"]) == (method,
+                                                                                 recipe, which)]
+        out.append({"method": method, "recipe": recipe, "strength": which,
+                    "domains": len(group), "tau": _mean([r["tau"] for r in group]),
+                    "regret": _mean([r["regret"] for r in group]),
+                    "regret_default": _mean([r["regret_default"] for r in group]),
+                    "selected_is_test_best": sum(r["regret"] == 0 for r in group)})
+    return out
+
+
+def markdown(result: dict) -> str:
+    def f(x, sign=False):
+        return "-" if x is None else (f"{x:+.3f}" if sign else f"{x:.3f}")
+
+    lines = [f"# Selection by synthetic anomalies ({result['mode']})", "",
+             f"{result['machine']}; {result['date']}; {result['wall_s']:.0f} s in all.", "",
+             f"Domains {', '.join(result['domains'])}; grids: "
+             + "; ".join(f"{m} {g}" for m, g in result["grids"].items()) + f"; strength "
+             f"{STRENGTH} (bins: thirds of the range).", "",
+             "Mean over domains: Kendall's tau (validation vs test AUROC over the grid), "
+             "regret (test AUROC: grid best on test minus the validation-selected point; 0 = "
+             "it picked the test-best point), the default point's regret, and in how many "
+             "domains the selected point was the test-best.", "",
+             "| method | recipe | strength | tau | regret | default regret | picked test-best |",
+             "|---|---|---|---|---|---|---|"]
+    for s in result["summary"]:
+        lines.append(f"| {s['method']} | {s['recipe']} | {s['strength']} | {f(s['tau'], True)} "
+                     f"| {f(s['regret'])} | {f(s['regret_default'])} | "
+                     f"{s['selected_is_test_best']}/{s['domains']} |")
+    if result.get("demo_added_s") is not None:
+        lines += ["", f"The demo's selected experiment (`gated_select`, 4 domains) added "
+                  f"{result['demo_added_s']:.0f} s after the demo's own jobs "
+                  f"({result['demo_base_s']:.0f} s for its `gated` runs on the same "
+                  "features)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import datetime as dt
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="one tiny domain (harness check)")
+    ap.add_argument("--project", default=str(REPO / "work" / "bench-selection"),
+                    help="the benchmark's project folder (its data, work and results)")
+    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--out-dir", default=str(REPO / "results" / "benchmarks"))
+    args = ap.parse_args(argv)
+
+    from hdmap_ad.config import parse_params
+
+    root = Path(args.project)
+    params = bench_params(args.quick)
+    lay_project(root, params)
+    p = parse_params(params)
+    t0 = time.perf_counter()
+    demo_base = demo_added = None
+    if not args.quick:
+        print("features of every domain (shared with the demo)", file=sys.stderr)
+        snakemake(root, args.cores, [f"work/features/domain_{d}/effnet_lite2/{la}.parquet"
+                                     for d in p.domains for la in ("blocks.2", "blocks.4")])
+        print("the demo's gated runs", file=sys.stderr)
+        demo_base = snakemake(root, args.cores, [f"results/domain{d}_gated.json"
+                                                 for d in p.domains])
+        print("what the demo's selected experiment adds", file=sys.stderr)
+        demo_added = snakemake(root, args.cores, [f"results/domain{d}_gated_select_selected.json"
+                                                  for d in p.domains])
+    print("the grids", file=sys.stderr)
+    snakemake(root, args.cores, [f"results/domain{d}_{s}_selected.json"
+                                 for s in p.selections for d in p.domains])
+    rows = collect(root, params)
+    result = {
+        "mode": "quick" if args.quick else "full",
+        "date": dt.date.today().isoformat(),
+        "machine": machine_line(), "machine_detail": machine(),
+        "wall_s": time.perf_counter() - t0,
+        "domains": list(p.domains),
+        "grids": QUICK_GRIDS if args.quick else GRIDS,
+        "strength": STRENGTH,
+        "demo_base_s": demo_base, "demo_added_s": demo_added,
+        "summary": summarize(rows),
+        "rows": rows,
+    }
+    write_outputs(args.out_dir, "selection", result, markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
