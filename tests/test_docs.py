@@ -27,14 +27,14 @@ def _generator() -> dict:
 
 
 def test_params_reference_lists_every_gate_and_method_from_the_code():
-    from hdmap_ad.banks.gate import GATE_MODES
     from hdmap_ad.config import params_schema
+    from hdmap_ad.gating import gate_names
     from hdmap_ad.methods import METHODS
 
     page = _generator()["params_markdown"](params_schema())
     gate_row = next(line for line in page.splitlines()
                     if line.startswith("| `experiments.<key>.gate` |"))
-    assert all(f"`{g}`" in gate_row for g in GATE_MODES)
+    assert all(f"`{g}`" in gate_row for g in gate_names())
     for name in METHODS:
         assert f"`name: {name}`" in page or f"`{name}`" in page
     # a conditional requirement is stated with its condition, not as always required

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from hdmap_ad.banks.gate import GATE_MODES
 from hdmap_ad.errors import InputError
 from hdmap_ad.features.context import ContextConfig
+from hdmap_ad.gating import GateConfig, gate_names, get_gate
 from hdmap_ad.methods import MethodConfig, method_schema
 from hdmap_ad.selection.grid import SelectionPlan, is_selection, parse_selections
 from hdmap_ad.specs import (  # noqa: F401  (re-exported: one place to import configs from)
@@ -137,8 +137,7 @@ class ExperimentConfig:
         else:
             raise InputError(f"{where}.method: expected a mapping {{name: <method>, ...}}")
         cfg = _build(cls, data, where)
-        if cfg.gate not in GATE_MODES:
-            raise InputError(f"{where}.gate: {cfg.gate!r} is not one of {GATE_MODES}")
+        get_gate(cfg.gate, f"{where}.gate")  # InputError: '<name>' is not one of (...)
         check_int(cfg.seed, f"{where}.seed", minimum=0)
         check_int(cfg.deploy_folds, f"{where}.deploy_folds", minimum=0)
         if cfg.deploy_folds == 1:
@@ -186,6 +185,13 @@ class ExperimentConfig:
         for key in SCORE_STAGE_KEYS:
             out.pop(key)
         return out
+
+    @property
+    def gate_config(self) -> GateConfig:
+        """The gate (``hdmap_ad.gating``) with its options, read from the ``gate_*`` keys
+        (``gate_margin``), and the seed its coin draws from."""
+        return GateConfig.build(self.gate, {"gate_margin": self.gate_margin}, self.seed,
+                                f"experiments.{self.key}")
 
     @property
     def descriptor(self) -> DescriptorConfig:
@@ -423,7 +429,7 @@ def params_schema(schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
     generated docs reference reads it too."""
     schema = yaml.safe_load(schema_path.read_text())
     exp_props = schema["definitions"]["experiment"]["properties"]
-    exp_props["gate"] = {"enum": list(GATE_MODES)}
+    exp_props["gate"] = {"enum": list(gate_names())}
     exp_props["method"] = method_schema()
     schema["properties"]["validation"]["additionalProperties"] = validation_entry_schema()
     return schema
@@ -644,7 +650,7 @@ def parse_params(raw: dict[str, Any]) -> Params:
     if not dataset.has_conditions:
         for name in targets:
             for v in sweeps.get(name, (Variant(name, None, None),)):
-                if experiments[v.key].gate != "mixed":
+                if get_gate(experiments[v.key].gate).per_condition:
                     raise InputError(
                         f"experiments.{name}.gate: {experiments[v.key].gate!r} needs cold/warm "
                         f"conditions, which dataset.kind {dataset.kind!r} does not have; use "

@@ -337,18 +337,11 @@ class MapView:
 
 
 def gate_rule(gate: dict[str, Any]) -> str:
-    """How a gate mode routes a map, in words (``gate``: the model metadata's gate block)."""
-    thr = gate.get("threshold")
-    at = f"p90 threshold {thr:.4f}" if thr is not None else "no threshold"
-    return {
-        "mixed": "one mixed sub-model, no gate",
-        "p90": f"{at}: warm above, cold at or below",
-        "fallback": f"{at}: warm above, cold below; both searched near the threshold",
-        "both-min": "both sub-models searched, the lower score kept",
-        "oracle": f"true condition ({at} for maps without one)",
-        "inverse": f"the other condition's sub-model ({at} for maps without one)",
-        "random": "a seeded coin (a control)",
-    }.get(str(gate.get("mode")), str(gate.get("mode")))
+    """How a gate mode routes a map, in words (``gate``: the model metadata's gate block),
+    as the gate registry states it (:meth:`hdmap_ad.gating.Gate.describe`)."""
+    from hdmap_ad.gating import describe_gate
+
+    return describe_gate(str(gate.get("mode")), gate.get("threshold"))
 
 
 @dataclass

@@ -40,6 +40,7 @@ from hdmap_ad.app.data import (
 )
 from hdmap_ad.deploy.render import draw_box, overlay_rgb, patch_box, worst_patch
 from hdmap_ad.errors import InputError
+from hdmap_ad.gating import BOTH
 
 PAGES = ("Results", "Map")
 SCALE = 6  # map pixels -> screen pixels (HDMAP maps are 31 x 95)
@@ -299,7 +300,7 @@ def show_map(insp: Inspector, view: MapView, desc: np.ndarray | None) -> None:
     if desc is None:
         desc = insp.descriptors(view.name)
     note = ""
-    if view.sub_scores is None and view.routing == "both":
+    if view.sub_scores is None and view.routing == BOTH:
         # the run stores the kept score only; both are rescored for this map alone (a batch
         # of one: the last float32 digits may differ from the stored score's)
         view.sub_scores = {n: float(m.score(desc)[0][0]) for n, m in insp.models.items()}

@@ -11,62 +11,31 @@ word stays for the sub-model of any method.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from hdmap_ad.banks.gate import (
-    COLD,
-    MIXED,
-    WARM,
-    fit_threshold_otsu,
-    fit_threshold_supervised,
-    p90_decisions,
-)
 from hdmap_ad.banks.references import threshold_unavailable
 from hdmap_ad.config import ExperimentConfig
 from hdmap_ad.errors import InputError
+from hdmap_ad.gating import COLD, MIXED, WARM, GateFit, MapStats, get_gate
 from hdmap_ad.io import atomic_dir, write_json
 from hdmap_ad.methods import FitContext, FittedModel, load_model, save_model
 from hdmap_ad.methods.base import non_finite_arrays
 
 
-@dataclass(frozen=True)
-class GateFit:
-    """The gate's threshold on p90 and how it was fit (``supervised`` | ``otsu`` | ``none``)."""
-
-    threshold: float | None
-    method: str
-
-
 def fit_gate(refs: pd.DataFrame, mode: str) -> GateFit:
-    """Fit the p90 threshold on the references only (never on test labels).
-
-    References with known conditions (test/good hold-outs) give a supervised threshold;
-    unlabelled train references give Otsu's split. ``mixed`` fits nothing.
-    """
-    if mode == "mixed":
-        return GateFit(None, "none")
-    known = refs.condition.isin([COLD, WARM])
-    if known.all() and refs.condition.nunique() == 2:
-        thr = fit_threshold_supervised(refs.p90.to_numpy(), (refs.condition == WARM).to_numpy())
-        return GateFit(thr, "supervised")
-    return GateFit(fit_threshold_otsu(refs.p90.to_numpy()), "otsu")
+    """Gate ``mode`` fit on the references only (never on test labels): the registry's
+    :meth:`hdmap_ad.gating.Gate.fit` on the ``p90`` and ``condition`` columns of ``refs``."""
+    return get_gate(mode).fit(MapStats.of(refs))
 
 
 def assign_references(refs: pd.DataFrame, mode: str, fit: GateFit) -> np.ndarray:
-    """Sub-bank of each reference: its known condition, else the gate's decision."""
-    if mode == "mixed":
-        return np.full(len(refs), MIXED, dtype=object)
-    cond = refs.condition.to_numpy(dtype=object)
-    unknown = ~np.isin(cond, [COLD, WARM])
-    out = cond.copy()
-    if unknown.any():
-        out[unknown] = p90_decisions(refs.p90.to_numpy()[unknown], fit.threshold)
-    return out
+    """Sub-model of each reference (:meth:`hdmap_ad.gating.Gate.assign`): its known
+    condition, else the gate's decision; ``mixed`` for every reference of an ungated fit."""
+    return get_gate(mode).assign(MapStats.of(refs), fit)
 
 
 def fit_sub_models(
@@ -215,8 +184,9 @@ def build_bank(
     """
     fit = fit_gate(refs, exp.gate)
     assignment = assign_references(refs, exp.gate, fit)
-    if exp.gate != "mixed":
-        for cond in (COLD, WARM):
+    gate = get_gate(exp.gate)
+    if gate.per_condition:
+        for cond in gate.sub_models:
             if not (assignment == cond).any():
                 raise InputError(
                     f"experiments.{exp.key}: gated bank has no {cond} references "
@@ -324,7 +294,7 @@ def fit_experiment(exp: ExperimentConfig, manifest_path: str, feature_paths: lis
     where = f"experiments.{exp.key}"
     manifest = read_manifest(manifest_path)
     test_conditions = manifest.condition[manifest.split == "test"]
-    if exp.gate != "mixed" and not test_conditions.isin([COLD, WARM]).any():
+    if get_gate(exp.gate).per_condition and not test_conditions.isin([COLD, WARM]).any():
         raise InputError(f"{where}.gate: {exp.gate!r} needs cold/warm conditions, which the "
                          f"maps of {manifest_path} do not have; use gate: mixed")
     refs = select_references(manifest, exp.references, f"{where}.references")

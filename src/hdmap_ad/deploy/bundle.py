@@ -48,9 +48,9 @@ from typing import Any
 
 import numpy as np
 
-from hdmap_ad.banks.bank import GateFit
 from hdmap_ad.config import BackboneConfig, ExperimentConfig
 from hdmap_ad.errors import InputError
+from hdmap_ad.gating import GateFit, get_gate
 from hdmap_ad.io import read_json
 from hdmap_ad.methods import FitContext, FittedModel, load_model
 from hdmap_ad.methods.base import STATE_FORMATS, check_finite_state, state_file
@@ -454,11 +454,6 @@ def load_bundle(folder: str | Path, device: str = "cpu", weights_path: str | Non
     return bundle_from_record(meta, folder / SUB_MODELS, folder, device, weights_path)
 
 
-#: Gate modes that route by the fitted p90 threshold (oracle and inverse for maps of no
-#: known condition, as every new map is).
-_THRESHOLD_GATES = ("p90", "fallback", "oracle", "inverse")
-
-
 def bundle_from_record(meta: dict[str, Any], sub_models_dir: str | Path, folder: str | Path,
                        device: str = "cpu", weights_path: str | None = None) -> ModelBundle:
     """A :class:`ModelBundle` from a ``model.json`` record and a folder of sub-model files
@@ -473,11 +468,13 @@ def bundle_from_record(meta: dict[str, Any], sub_models_dir: str | Path, folder:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputError(f"{where}: {block}: {type(exc).__name__}: {exc}") from None
     exp, backbone = configs
-    expected = ["mixed"] if exp.gate == "mixed" else ["cold", "warm"]
+    gate = get_gate(exp.gate)
+    expected = list(gate.sub_models)
     if sorted(meta["sub_models"]) != expected:
         raise InputError(f"{where}: sub_models: {sorted(meta['sub_models'])}; gate "
                          f"{exp.gate!r} needs {expected}")
-    if exp.gate in _THRESHOLD_GATES and meta["gate"]["threshold"] is None:
+    # a gate that routes maps of no known condition (as every new map is) by the threshold
+    if gate.needs_threshold and meta["gate"]["threshold"] is None:
         raise InputError(f"{where}: gate.threshold: null; gate {exp.gate!r} routes by it")
     if weights_path is not None:
         from dataclasses import replace
@@ -489,14 +486,14 @@ def bundle_from_record(meta: dict[str, Any], sub_models_dir: str | Path, folder:
               for name in sorted(meta["sub_models"])}
     for name, model in models.items():  # a NaN state would score NaN, reported as inf
         check_finite_state(model, f"{state_file(sub_models_dir, name)}: sub-model {name!r}")
-    gate = meta["gate"]
+    fit = meta["gate"]
     return ModelBundle(
         folder=Path(folder),
         meta=meta,
         experiment=exp,
         backbone=backbone,
         models=models,
-        gate=GateFit(gate["threshold"], gate["fit"]),
+        gate=GateFit(fit["threshold"], fit["fit"]),
         deployable=meta["thresholds"]["deployable"],
         map_shape=tuple(meta["preprocessing"]["map_shape"]),
         grid=(int(meta["grid"][0]), int(meta["grid"][1])),

@@ -40,10 +40,10 @@ from typing import Any
 
 import numpy as np
 
-from hdmap_ad.banks.gate import BOTH, COLD, WARM, gate_decisions
 from hdmap_ad.data.maps import IMAGE_SUFFIXES, read_map
 from hdmap_ad.deploy.bundle import ModelBundle, load_bundle
 from hdmap_ad.errors import InputError
+from hdmap_ad.gating import MapStats, combine_both, route, searched
 from hdmap_ad.outputs import FILE, INTO, check_output, make_folder
 
 VERDICT_ANOMALOUS, VERDICT_NORMAL = "anomalous", "normal"
@@ -216,7 +216,7 @@ class Predictor:
         self.mean = tuple(pre["mean"])
         self.std = tuple(pre["std"])
         self.batch = bundle.meta["batching"]
-        self._rng = np.random.default_rng(self.exp.seed)  # the random gate's draws, in order
+        self._routed = 0  # maps routed so far: a coin gate continues its draws over batches
 
     # -- steps ------------------------------------------------------------------------------
     def read(self, path: str) -> tuple[np.ndarray, float]:
@@ -272,13 +272,14 @@ class Predictor:
                                  self.cfg.autocast_cuda)
 
     def decide(self, p90: np.ndarray) -> np.ndarray:
-        """Gate decision per map (new maps have no known condition: oracle and inverse use
-        the p90 decision, as the pipeline does for maps without one)."""
-        if self.exp.gate == "random":
-            return np.where(self._rng.random(len(p90)) < 0.5, COLD, WARM).astype(object)
-        return gate_decisions(self.exp.gate, p90, np.full(len(p90), "unknown", dtype=object),
-                              self.bundle.gate.threshold, margin=self.exp.gate_margin,
-                              seed=self.exp.seed)
+        """Gate decision per map, by :func:`hdmap_ad.gating.route` as the score step routes
+        (new maps have no known condition: oracle and inverse use the p90 decision, as the
+        pipeline does for maps without one). Calls continue one stream: the random gate's
+        coin gives the maps of successive calls what one call over all of them would."""
+        decisions = route(self.exp.gate_config, self.bundle.gate,
+                          MapStats(np.asarray(p90), None), start=self._routed)
+        self._routed += len(decisions)
+        return decisions
 
     def describe(self, layer_feats: list[dict[str, np.ndarray]]) -> np.ndarray:
         """``(B, H, W, D)`` descriptors of a scoring batch, built as the pipeline's
@@ -292,23 +293,16 @@ class Predictor:
     def score(self, desc: np.ndarray, decision: str
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """Score a batch routed to ``decision`` (``both``: every sub-model, the lowest image
-        score kept, first sub-model on ties: the rule of ``score_routed``).
+        score kept, first sub-model on ties: :func:`hdmap_ad.gating.combine_both`, as the
+        score step's ``score_routed``).
 
         Returns ``(scores (B,), patch_scores (B, gh, gw), kept sub-model (B,), every searched
         sub-model's scores)``.
         """
-        names = sorted(self.bundle.models) if decision == BOTH else [decision]
-        b = len(desc)
-        best = np.full(b, np.inf, dtype=np.float32)
-        patches = np.zeros((b, *desc.shape[1:3]), dtype=np.float32)
-        kept = np.empty(b, dtype=object)
-        each = {}
-        for name in names:
-            s, ps = self.bundle.models[name].score(desc)
-            each[name] = s
-            better = s < best
-            best[better], patches[better], kept[better] = s[better], ps[better], name
-        return best, patches, kept, each
+        scored = {name: self.bundle.models[name].score(desc)
+                  for name in searched(decision, self.bundle.models)}
+        best, patches, kept = combine_both(scored)
+        return best, patches, kept, {name: s for name, (s, _) in scored.items()}
 
     def score_features(self, layer_feats: list[dict[str, np.ndarray]], decision: str
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:

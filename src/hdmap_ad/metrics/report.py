@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from hdmap_ad.banks.references import threshold_unavailable
+from hdmap_ad.gating import BOTH, is_per_condition
 from hdmap_ad.metrics.image import (
     TEST_TUNED,
     best_accuracy,
@@ -41,7 +42,7 @@ def gate_summary(test: pd.DataFrame, gated: bool) -> dict[str, Any]:
             }
     out["decisions"] = confusion
     if "routing" in test:
-        out["searched_both"] = int((test.routing == "both").sum())
+        out["searched_both"] = int((test.routing == BOTH).sum())
     return out
 
 
@@ -128,7 +129,7 @@ def build_metrics(
             "best": best_thr,
             "best_note": "tuned on the test scores themselves (for comparison only)",
         },
-        "gate": gate_summary(test, exp["gate"] != "mixed") | {
+        "gate": gate_summary(test, is_per_condition(exp["gate"])) | {
             "mode": bank_meta["gate"]["mode"],
             "threshold": bank_meta["gate"]["threshold"],
             "fit": bank_meta["gate"]["fit"],

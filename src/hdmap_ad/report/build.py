@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from hdmap_ad.data.maps import read_map
+from hdmap_ad.gating import is_per_condition
 from hdmap_ad.io import atomic_path, read_json
 from hdmap_ad.metrics.pixel import anomaly_map
 from hdmap_ad.report.figures import (
@@ -314,7 +315,8 @@ def methods_gate_lines(entries: list[dict[str, Any]], hypotheses: list[str]) -> 
     a single gate."""
     arms = {e["experiment"]: (e.get("method"), e.get("gate")) for e in entries}
     methods = sorted({m for m, _ in arms.values() if m})
-    gates = sorted({g for _, g in arms.values() if g}, key=lambda g: (g != "mixed", g))
+    # the ungated (mixed) arm first: the baseline each gated arm is compared with
+    gates = sorted({g for _, g in arms.values() if g}, key=lambda g: (is_per_condition(g), g))
     if len(methods) < 2 and len(gates) < 2:
         return []
     verdicts: dict[tuple[str, str, str], str] = {}  # (domain, method, gate) -> cell
@@ -323,7 +325,8 @@ def methods_gate_lines(entries: list[dict[str, Any]], hypotheses: list[str]) -> 
     for path in hypotheses:
         h = read_json(path)
         a, b = arms.get(h["a"]), arms.get(h["b"])
-        if not a or not b or a[0] != b[0] or a[1] != "mixed" or b[1] == "mixed":
+        if not a or not b or a[0] != b[0] or is_per_condition(a[1]) \
+                or not is_per_condition(b[1]):
             continue
         for domain, results in h["results"].items():
             if len(results) == 1:
@@ -346,7 +349,7 @@ def methods_gate_lines(entries: list[dict[str, Any]], hypotheses: list[str]) -> 
         by_arm = {arms[e["experiment"]]: read_json(e["metrics"])
                   for e in entries if e["domain"] == domain}
         label = next(e["label"] for e in entries if e["domain"] == domain)
-        gated = [g for g in gates if g != "mixed"]
+        gated = [g for g in gates if is_per_condition(g)]
         head = ["method", *gates, *[f"{g} vs mixed" for g in gated]]
         lines += [f"### {label}", "", "| " + " | ".join(head) + " |",
                   "|---" * len(head) + "|"]

@@ -41,6 +41,7 @@ import pandas as pd
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
+from hdmap_ad.gating import is_per_condition
 from hdmap_ad.metrics.image import accuracy_at, round_floats
 from hdmap_ad.metrics.report import gate_summary
 from hdmap_ad.report import verdicts
@@ -779,7 +780,7 @@ def budget_verdicts(
     for arm, gate_key, path_key in (("a", "gate_a", "scores_a"), ("b", "gate_b", "scores_b"),
                                     ("oracle", "gate_oracle", "scores_oracle")):
         gate = pairs[0].get(gate_key)
-        if gate and gate != "mixed" and path_key in pairs[0]:
+        if gate and is_per_condition(gate) and path_key in pairs[0]:
             routing[arm] = {"experiment": pairs[0].get(f"arm_{arm}"), "gate": gate,
                             **routing_by_label([_test_frame(tables[p[path_key]])
                                                 for p in pairs])}

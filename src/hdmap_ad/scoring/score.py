@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from hdmap_ad.banks.bank import GateFit, cv_folds
-from hdmap_ad.banks.gate import BOTH, MIXED, gate_decisions
+from hdmap_ad.banks.bank import cv_folds
 from hdmap_ad.config import ExperimentConfig
 from hdmap_ad.errors import InputError
+from hdmap_ad.gating import BOTH, MIXED, GateFit, MapStats, combine_both, route, searched
 from hdmap_ad.io import write_table
 from hdmap_ad.methods import FittedModel
 
@@ -30,11 +30,9 @@ SCORE_COLUMNS = (
 
 
 def experiment_decisions(exp: ExperimentConfig, rows: pd.DataFrame, fit: GateFit) -> np.ndarray:
-    """The experiment's gate applied to manifest ``rows`` (p90 and condition columns)."""
-    return gate_decisions(
-        exp.gate, rows.p90.to_numpy(), rows.condition.to_numpy(dtype=object), fit.threshold,
-        margin=exp.gate_margin, seed=exp.seed,
-    )
+    """The experiment's gate applied to manifest ``rows`` (p90 and condition columns):
+    :func:`hdmap_ad.gating.route`, as predict and the app route new maps."""
+    return route(exp.gate_config, fit, MapStats.of(rows))
 
 
 def score_routed(
@@ -48,7 +46,7 @@ def score_routed(
     """Score maps, each with the sub-model its gate decision names (any method).
 
     A ``both`` decision scores with every sub-model and keeps the lowest image score (with
-    that sub-model's patch scores).
+    that sub-model's patch scores: :func:`hdmap_ad.gating.combine_both`, as predict does).
 
     Args:
         desc_of: returns ``(B, H, W, D)`` descriptors for an int array of map positions.
@@ -75,21 +73,20 @@ def score_routed(
     bar = tqdm(total=n, unit="map", desc="score", disable=not progress, mininterval=2.0)
     for name in sorted(set(decisions)):
         pos = np.flatnonzero(decisions == name)
-        candidates = sorted(models) if name == BOTH else [name]
+        candidates = searched(name, models)
         for start in range(0, len(pos), BATCH_MAPS):
             sel = pos[start : start + BATCH_MAPS]
             desc = desc_of(sel)
             b, h, w, _ = desc.shape
             if patches is None:
                 patches = np.zeros((n, h, w), dtype=np.float32)
+            scored = {}
             for bank in candidates:
                 s, ps = models[bank].score(desc)
                 _check_finite(s, ps, bank, [ids[i] if ids is not None else f"#{i}"
                                             for i in sel], where)
-                better = s < scores[sel]
-                scores[sel[better]] = s[better]
-                patches[sel[better]] = ps[better]
-                banks[sel[better]] = bank
+                scored[bank] = (s, ps)
+            scores[sel], patches[sel], banks[sel] = combine_both(scored)
             bar.update(len(sel))
     bar.close()
     assert patches is not None
