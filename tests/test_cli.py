@@ -150,3 +150,9 @@ def test_fit_records_its_threads_in_the_model_metadata_not_the_metrics(tmp_path,
                  "--out", str(tmp_path / "m.json")]) == 0
     text = (tmp_path / "m.json").read_text()
     assert '"omp_num_threads"' not in text and '"blas"' not in text
+    # nor the score step's count (kept in the scores' own metadata)
+    assert "threads" not in text
+    import pyarrow.parquet as pq
+
+    scores_meta = json.loads(pq.read_table(tmp_path / "s.parquet").schema.metadata[b"hdmap_ad"])
+    assert scores_meta["threads"] == 1

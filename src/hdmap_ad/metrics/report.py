@@ -170,7 +170,8 @@ def metrics_step(scores_path: str, meta_path: str, manifest_path: str,
     manifest = read_manifest(manifest_path)
     prov = provenance(domain, manifest, feature_paths)
     scores_meta = json.loads((table.schema.metadata or {}).get(b"hdmap_ad", b"{}"))
-    prov["score_threads"] = scores_meta.get("threads")
+    # the score step's thread count stays in the scores' metadata: here it would make the
+    # metrics JSON of the same params and data differ between --cores settings
     # the model metadata holds the fit step's view of the experiment; the scores the whole
     # experiment (score-stage options included), which the metrics report
     if "experiment" in scores_meta:
