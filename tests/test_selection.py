@@ -95,7 +95,7 @@ def _set_spec(recipe: str = "cutpaste", **refs) -> dict:
     return {"validation": cfg.to_dict(),
             "references": {"protocol": "test_good_holdout", "n_cold": 3, "n_warm": 3,
                            "pick": "random", "seed": 1, "k": 32, **refs},
-            "grouping": "per_condition", "deploy_folds": 4}
+            "gate": "p90", "deploy_folds": 4}
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
@@ -192,7 +192,7 @@ def test_select_grid_over_layers_and_methods():
         references=[{"protocol": "test_good_holdout"}]), "may not vary references"),
     (lambda r: r["experiments"]["sel"].update(seeds=[0, 1]), "one reference draw"),
     (lambda r: r["experiments"]["sel"]["select"].update(gate=["mixed", "p90"]),
-     "mixes gate mixed"),
+     "mixes one-model gates"),
     (lambda r: r["experiments"]["sel"]["select"].update(epochs=[1, 2]),
      "epochs: unknown option"),
     (lambda r: r["targets"].update(experiments=["gated", "sel"]),

@@ -24,7 +24,7 @@ experiment: no second fit. The experiment's own values (written beside ``select`
 
 All points share the references, the reference folds and hence one validation set: the grid
 may not vary ``references``, ``deploy_folds``, ``budgets`` or ``seeds``, and its gates are
-all ``mixed`` or all per-condition (their folds are dealt per sub-model). Selection needs a
+all one-model (``mixed``) or all per-condition (folds are dealt per sub-model). Selection needs a
 held-out fold within every condition: at least 2 references per condition and
 ``deploy_folds`` >= 2 (a params error otherwise).
 """
@@ -68,7 +68,7 @@ class SelectionPlan:
 
     ``default``: position of the point equal to the experiment's own values (None when the
     grid leaves them out). ``set_spec``: what the validation set depends on (the
-    validation entry, references, grouping and reference folds); ``set_id`` names it by
+    validation entry, references, gate and reference folds); ``set_id`` names it by
     content (``<validation>-<sha256 prefix>``), so a recipe change builds a new set and
     nothing upstream.
     """
@@ -128,7 +128,7 @@ def _point_data(base: dict[str, Any], combo: tuple[tuple[str, Any], ...],
     return data
 
 
-def _check_references(cfg: Any, where: str) -> None:
+def _check_references(cfg: Any, per_condition: bool, where: str) -> None:
     """At least 2 references per condition and >= 2 reference folds (see module docs)."""
     refs = cfg.references
     need = "a held-out fold within every condition: at least 2 references per condition"
@@ -138,7 +138,7 @@ def _check_references(cfg: Any, where: str) -> None:
                              f"references, which needs {need}; references have n_cold "
                              f"{refs.n_cold}, n_warm {refs.n_warm}")
     elif refs.protocol == "train":
-        low = 2 if cfg.gate == "mixed" else 4
+        low = 4 if per_condition else 2
         if refs.k < low:
             raise InputError(f"{where}: selection makes its anomalies from held-out "
                              f"references, which needs {need} (k >= {low} here); references "
@@ -159,6 +159,7 @@ def expand_selection(key: str, data: dict[str, Any], experiments: dict[str, Any]
     """The plan of one ``select:`` entry; its new grid points are added to ``experiments``
     (an existing identical experiment is reused under its own name)."""
     from hdmap_ad.config import ExperimentConfig, spec_json
+    from hdmap_ad.gating import is_per_condition
 
     where = f"experiments.{key}.select"
     select = data.get("select")
@@ -215,8 +216,8 @@ def expand_selection(key: str, data: dict[str, Any], experiments: dict[str, Any]
             cfg = ExperimentConfig.from_dict(name, _point_data(base, combo, exp_keys))
         except InputError as exc:
             raise InputError(f"{where}: point {dict(combo)}: {exc}") from None
-        _check_references(cfg, where)
-        grouping.add(cfg.gate == "mixed")
+        _check_references(cfg, is_per_condition(cfg.gate), where)
+        grouping.add(is_per_condition(cfg.gate))
         fingerprint = spec_json(replace(cfg, key=""))
         if fingerprint == spec_json(replace(base_cfg, key="")):
             default = i
@@ -230,12 +231,13 @@ def expand_selection(key: str, data: dict[str, Any], experiments: dict[str, Any]
             known[fingerprint] = name
         points.append(GridPoint(name, combo))
     if len(grouping) > 1:
-        raise InputError(f"{where}.gate: mixes gate mixed with per-condition gates, whose "
-                         "reference folds differ; select gates within one kind")
+        raise InputError(f"{where}.gate: mixes one-model gates (mixed) with per-condition "
+                         "gates, whose reference folds differ; select gates within one kind")
     first = experiments[points[0].key]
+    # the folds are dealt per sub-model as the first point's gate assigns the references
+    # (every point's validation-score step checks that its own fit dealt them alike)
     set_spec = {"validation": validation[vname].to_dict(),
-                "references": asdict(first.references),
-                "grouping": "mixed" if first.gate == "mixed" else "per_condition",
+                "references": asdict(first.references), "gate": first.gate,
                 "deploy_folds": first.deploy_folds}
     return SelectionPlan(key=key, validation=vname, axes=axes, points=tuple(points),
                          default=default, set_spec=set_spec,

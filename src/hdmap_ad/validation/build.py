@@ -43,15 +43,14 @@ SPLIT, LABEL = "validation", "synthetic"
 def set_folds(spec: dict[str, Any], manifest: pd.DataFrame, where: str
               ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """``(references, fold (N,), sub-model (N,))`` as the fit step deals them, for a set's
-    ``references``, ``grouping`` and ``deploy_folds`` (every per-condition gate assigns
-    references alike: :func:`hdmap_ad.banks.bank.assign_references`)."""
+    ``references``, ``gate`` and ``deploy_folds`` (:func:`hdmap_ad.banks.bank.cv_folds`)."""
     from hdmap_ad.banks.bank import assign_references, cv_folds, fit_gate
     from hdmap_ad.banks.references import select_references, threshold_unavailable
     from hdmap_ad.config import ExperimentConfig
     from hdmap_ad.specs import ReferenceConfig
 
     refs_cfg = ReferenceConfig.from_dict(spec["references"], f"{where}.references")
-    gate = "mixed" if spec["grouping"] == "mixed" else "p90"
+    gate = spec["gate"]
     exp = ExperimentConfig(key=where, backbone="", layers=(), references=refs_cfg, gate=gate,
                            deploy_folds=int(spec["deploy_folds"]))
     refs = select_references(manifest, refs_cfg, f"{where}.references")
@@ -140,8 +139,7 @@ def build_validation_set(spec: dict[str, Any], manifest_path: str, out: str,
 
     Args:
         spec: ``{"validation": ValidationConfig.to_dict(), "references": {...},
-            "grouping": "mixed" | "per_condition", "deploy_folds": n}`` (a selection plan's
-            ``set_spec``; ``id`` optional).
+            "gate": <name>, "deploy_folds": n}`` (a selection plan's ``set_spec``).
         manifest_path: the domain manifest.
         out: the set's folder (replaced).
     """

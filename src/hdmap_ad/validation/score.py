@@ -46,7 +46,7 @@ def score_anomalies(vset: pd.DataFrame, desc_of: Any, exp: ExperimentConfig, fit
     sub-model its fold lacks is scored by that fold's mixed model, as held-out references
     are (:func:`hdmap_ad.scoring.score.reference_cv_scores`).
     """
-    from hdmap_ad.banks.gate import BOTH, MIXED
+    from hdmap_ad.gating import BOTH, MIXED
     from hdmap_ad.scoring.score import experiment_decisions, score_routed
 
     scored = np.zeros(len(vset), dtype=bool)
