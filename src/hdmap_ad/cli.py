@@ -55,8 +55,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
 def cmd_manifest(args: argparse.Namespace) -> None:
     from hdmap_ad.data.manifest import scan_domain, write_manifest
 
-    kind = "mvtec" if args.kind == "mvtec" else "hdmap"
-    write_manifest(scan_domain(args.domain_root, kind), args.out)
+    write_manifest(scan_domain(args.domain_root, args.kind, _spec(args.spec)), args.out)
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
@@ -244,10 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
     _force(s, "replace a non-empty --out folder that hdmap-ad did not make")
     s.set_defaults(func=cmd_synth)
 
+    from hdmap_ad.data.kinds import kind_names
+
     s = sub.add_parser("manifest", help="scan a domain folder into a Parquet manifest")
     s.add_argument("--domain-root", required=True)
-    s.add_argument("--kind", default="hdmap", choices=["hdmap", "synthetic", "mvtec"],
-                   help="folder layout (synthetic is hdmap)")
+    s.add_argument("--kind", default="hdmap", choices=kind_names(),
+                   help="dataset kind: how the domain folder is laid out (hdmap_ad.data.kinds)")
+    s.add_argument("--spec", default="{}", help="JSON of the kind's options (folder: "
+                   '{"index": "samples.csv"}); none for the other kinds')
     s.add_argument("--out", required=True)
     _outdates(s)
     s.set_defaults(func=cmd_manifest)
@@ -328,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("validation-set", help="synthetic anomalies made from an experiment's "
                        "held-out references, per reference fold (a validation set)")
     s.add_argument("--spec", required=True, help="JSON: a selection's validation set spec "
-                   "(validation entry, references, gate, deploy_folds)")
+                   "(validation entry, references, grouping, deploy_folds)")
     s.add_argument("--manifest", required=True, help="the domain manifest")
     s.add_argument("--out", required=True, help="the set's folder (replaced)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from hdmap_ad.data.kinds import SYNTHETIC_ROOT, Provides, get_kind, kind_names
 from hdmap_ad.errors import InputError
 from hdmap_ad.features.context import ContextConfig
 from hdmap_ad.gating import GateConfig, gate_names, get_gate
@@ -41,53 +42,60 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "pa
 
 #: Experiment keys that moved into the ``method`` block (PatchCore's options).
 MOVED_TO_METHOD = ("coreset_ratio", "coreset_proj_dim", "num_neighbors", "search")
-
-
-DATASET_KINDS = ("synthetic", "hdmap", "mvtec")
-#: Where the embedded synthetic HDMAP is generated (``dataset.kind: synthetic``).
-SYNTHETIC_ROOT = "data/synthetic"
+#: Reference protocols that pick references per condition (``n_cold``, ``n_warm``).
+CONDITION_PROTOCOLS = ("test_good_holdout", "user_leaky")
 
 
 @dataclass(frozen=True)
 class DatasetConfig:
-    """Where the maps live.
-
-    ``kind``:
-      - ``synthetic``: the embedded HDMAP, generated under ``data/synthetic``;
-      - ``hdmap``: real HDMAP layout under ``root`` (``root/domain_X/train/good/...``);
-      - ``mvtec``: MVTec-AD-style folders, one per "domain" (category):
-        ``root/<category>/train/good``, ``test/<type>/``, optional ``ground_truth/<type>/``.
-        No cold/warm condition there.
+    """Where the maps live: ``kind`` is a registered dataset kind (``hdmap_ad.data.kinds``:
+    ``synthetic``, ``hdmap``, ``mvtec``, ``folder``), which lays out the domains under
+    ``root`` and says what they provide (conditions, masks). ``index``: the ``folder`` kind's
+    index file in each domain folder (``samples.csv``); the kinds that read no such option
+    refuse it.
     """
 
     kind: str = "synthetic"
     root: str = SYNTHETIC_ROOT
     synthetic: SynthConfig = field(default_factory=SynthConfig)
+    index: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DatasetConfig:
         data = dict(data)
         data["synthetic"] = SynthConfig.from_dict(data.get("synthetic", {}))
         cfg = _build(cls, data, "dataset")
-        if cfg.kind not in DATASET_KINDS:
-            raise InputError(f"dataset.kind: {cfg.kind!r} is not one of {DATASET_KINDS}")
-        if cfg.kind == "synthetic" and cfg.root != SYNTHETIC_ROOT:
-            raise InputError(f"dataset.root: the synthetic data lives in {SYNTHETIC_ROOT}")
+        kind = get_kind(cfg.kind)
+        if kind.generated_root is not None and cfg.root != kind.generated_root:
+            raise InputError(f"dataset.root: the {cfg.kind} data lives in "
+                             f"{kind.generated_root}")
+        if cfg.index is not None and "index" not in kind.options:
+            raise InputError(f"dataset.index: dataset.kind {cfg.kind!r} reads no index (the "
+                             "folder kind does)")
         return cfg
 
-    @property
-    def has_conditions(self) -> bool:
-        """Whether test maps carry a cold/warm condition (HDMAP layouts do)."""
-        return self.kind != "mvtec"
+    def kind_options(self) -> dict[str, Any]:
+        """The kind's options with the params' values filled in (``{}`` for most kinds):
+        the ``manifest`` step's ``--spec``."""
+        options = dict(get_kind(self.kind).options)
+        if "index" in options and self.index is not None:
+            options["index"] = self.index
+        return options
 
     def domain_dir(self, domain: str) -> str:
         """Folder of a domain under ``root``: ``C`` -> ``domain_C`` (HDMAP), else the name."""
-        return f"domain_{domain}" if self.has_conditions else domain
+        return get_kind(self.kind).domain_dir(domain)
 
     @property
     def result_prefix(self) -> str:
         """Results are ``results/{prefix}{domain}_{experiment}.json`` (``domainC_gated``)."""
-        return "domain" if self.has_conditions else ""
+        return get_kind(self.kind).result_prefix
+
+    def provides(self, domains: tuple[str, ...]) -> Provides:
+        """What the dataset's domains provide (conditions, masks): the kind's declaration,
+        or what it reads (the ``folder`` kind: its index files' columns)."""
+        return get_kind(self.kind).provides(
+            [Path(self.root) / self.domain_dir(d) for d in domains], self.kind_options())
 
 
 #: Experiment keys only the score step reads (see ``ExperimentConfig.fit_dict``).
@@ -377,6 +385,8 @@ class Params:
     validation: dict[str, ValidationConfig] = field(default_factory=dict)
     selections: dict[str, SelectionPlan] = field(default_factory=dict)
     target_selections: tuple[str, ...] = ()
+    #: what the dataset provides (``DatasetConfig.provides``): conditions, masks
+    provides: Provides = field(default_factory=lambda: Provides(conditions=True, masks=False))
 
     def feature_sources(self, experiment: str) -> list[tuple[str, str]]:
         """``(backbone key, layer)`` of every feature cache an experiment reads, in the order
@@ -431,6 +441,10 @@ def params_schema(schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
     exp_props = schema["definitions"]["experiment"]["properties"]
     exp_props["gate"] = {"enum": list(gate_names())}
     exp_props["method"] = method_schema()
+    schema["properties"]["dataset"]["properties"]["kind"] = {
+        "enum": list(kind_names()),
+        "description": "how the domains lie under root and what they provide (the "
+                       "registry hdmap_ad.data.kinds)"}
     schema["properties"]["validation"]["additionalProperties"] = validation_entry_schema()
     return schema
 
@@ -622,6 +636,7 @@ def parse_params(raw: dict[str, Any]) -> Params:
         raise InputError(f"targets.experiments: {unknown} are not defined under experiments")
     domains = tuple(str(d) for d in raw["domains"])
     dataset = DatasetConfig.from_dict(raw["dataset"])
+    provides = dataset.provides(domains)  # the folder kind reads its index files' headers
     hypotheses, plans = {}, {}
     for hkey, h in (raw.get("hypotheses") or {}).items():
         hdomains = tuple(str(d) for d in h.get("domains", domains))
@@ -643,24 +658,31 @@ def parse_params(raw: dict[str, Any]) -> Params:
         if bad:
             raise InputError(f"hypotheses.{hkey}.domains: {bad} not in domains")
         hypotheses[hkey] = hyp
-        plans[hkey] = _hypothesis_plan(hyp, experiments, sweeps, dataset.has_conditions)
+        plans[hkey] = _hypothesis_plan(hyp, experiments, sweeps, provides.conditions)
     unknown = [h for h in raw.get("targets", {}).get("hypotheses", []) if h not in hypotheses]
     if unknown:
         raise InputError(f"targets.hypotheses: {unknown} are not defined under hypotheses")
-    if not dataset.has_conditions:
-        for name in targets:
-            for v in sweeps.get(name, (Variant(name, None, None),)):
-                if get_gate(experiments[v.key].gate).per_condition:
-                    raise InputError(
-                        f"experiments.{name}.gate: {experiments[v.key].gate!r} needs cold/warm "
-                        f"conditions, which dataset.kind {dataset.kind!r} does not have; use "
-                        "gate: mixed"
-                    )
+    for name in targets:
+        for v in sweeps.get(name, (Variant(name, None, None),)):
+            exp = experiments[v.key]
+            if get_gate(exp.gate).per_condition:
+                provides.require("conditions", f"experiments.{name}.gate: {exp.gate!r}",
+                                 dataset.kind, "use gate: mixed")
+            if exp.references.protocol in CONDITION_PROTOCOLS:
+                provides.require(
+                    "conditions", f"experiments.{name}.references.protocol: "
+                    f"{exp.references.protocol!r}", dataset.kind,
+                    "use protocol: train or full (references from train/good)")
     leaderboards = {
         key: _check_leaderboard(LeaderboardConfig.from_dict(key, lb), domains, experiments,
                                 sweeps)
         for key, lb in (raw.get("leaderboards") or {}).items()
     }
+    for key, lb in leaderboards.items():
+        for prefix, what in (("pixel.", "masks"), ("per_condition.", "conditions")):
+            if lb.metric.startswith(prefix):
+                provides.require(what, f"leaderboards.{key}.metric: {lb.metric!r}",
+                                 dataset.kind, "rank by an image metric (metrics.auroc)")
     return Params(
         leaderboards=leaderboards,
         validation=validation,
@@ -671,6 +693,7 @@ def parse_params(raw: dict[str, Any]) -> Params:
         hypothesis_plans=plans,
         target_experiments=targets,
         dataset=dataset,
+        provides=provides,
         domains=domains,
         backbones=backbones,
         experiments=experiments,

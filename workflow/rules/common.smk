@@ -7,6 +7,7 @@ from pathlib import Path
 
 from hdmap_ad.config import SYNTHETIC_ROOT, parse_params, read_params_yaml, spec_json
 from hdmap_ad.data.fingerprint import dataset_param
+from hdmap_ad.data.kinds import get_kind
 from hdmap_ad.depgraph import closure, module_imports
 from hdmap_ad.errors import InputError
 from hdmap_ad.methods import METHODS
@@ -82,8 +83,14 @@ def domain_root(wildcards):
 def data_param(wildcards):
     """Content fingerprint of the domain folder (``hdmap_ad.data.fingerprint``): any file
     added, removed, renamed or edited re-runs the manifest and what depends on it."""
-    return dataset_param(domain_root(wildcards), generated=DATASET.kind == "synthetic",
+    return dataset_param(domain_root(wildcards),
+                         generated=get_kind(DATASET.kind).generated_root is not None,
                          cache=f"{WORK}/cache/fingerprint/domain_{wildcards.domain}.json")
+
+
+def manifest_spec():
+    """The dataset kind's options as the manifest step's ``--spec`` (``{}`` for most kinds)."""
+    return spec_json(DATASET.kind_options())
 
 
 def weights_inputs(backbone):
@@ -243,7 +250,7 @@ def report_entries():
          "scores": scores_path(d, e), "metrics": result_path(d, e),
          "bank_meta": f"{WORK}/models/domain_{d}/{e}.json",
          "manifest": f"{WORK}/manifests/domain_{d}.parquet",
-         "has_conditions": DATASET.has_conditions}
+         "has_conditions": PARAMS.provides.conditions}
         for d in PARAMS.domains
         for e in PARAMS.target_experiments
         if e not in PARAMS.sweeps

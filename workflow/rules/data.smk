@@ -34,10 +34,11 @@ rule manifest:
         f"{WORK}/manifests/domain_{{domain}}.parquet",
     params:
         kind=DATASET.kind,
+        spec=manifest_spec(),  # the kind's options (folder: its index file)
         data=data_param,  # content fingerprint: a data change re-runs the manifest
         outdates=domain_outdates,  # renamed *.outdated before a re-run
     log:
         f"{WORK}/logs/manifest/{{domain}}.log",
     shell:
         "python -m hdmap_ad manifest --domain-root {input.root:q} --kind {params.kind:q} "
-        "--out {output:q} --outdates {params.outdates:q} 2> {log:q}"
+        "--spec {params.spec:q} --out {output:q} --outdates {params.outdates:q} 2> {log:q}"
