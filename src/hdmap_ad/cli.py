@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("validation-set", help="synthetic anomalies made from an experiment's "
                        "held-out references, per reference fold (a validation set)")
     s.add_argument("--spec", required=True, help="JSON: a selection's validation set spec "
-                   "(validation entry, references, grouping, deploy_folds)")
+                   "(validation entry, references, gate, deploy_folds)")
     s.add_argument("--manifest", required=True, help="the domain manifest")
     s.add_argument("--out", required=True, help="the set's folder (replaced)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
