@@ -282,6 +282,26 @@ def test_ties_go_to_the_smaller_model_then_the_earlier_point():
     assert report["tie_break"]["tied"] == ["p0", "p1"]
 
 
+def test_report_lists_selections_with_recipe_examples_beside_real_faults(tmp_path):
+    from hdmap_ad.report.selection import selection_lines
+
+    manifest_path = _domain(tmp_path)
+    build_validation_set(_set_spec("perlin"), manifest_path, str(tmp_path / "set"),
+                         progress=False)
+    validations = [_validation("p0", 0.8), _validation("p1", 0.7)]
+    report = selection_report(_plan(2), "C", validations, [_metrics(0.9), _metrics(0.95)])
+    (tmp_path / "sel.json").write_text(json.dumps(report))
+    entry = {"domain": "C", "label": "domainC", "selection": "sel",
+             "selected": str(tmp_path / "sel.json"), "set": str(tmp_path / "set"),
+             "manifest": manifest_path}
+    lines = selection_lines([entry], tmp_path / "figures", tmp_path)
+    row = next(line for line in lines if line.startswith("| domainC"))
+    assert "**0.9000**" in row and "0.9500 (coreset_ratio 1)" in row  # headline, upper bound
+    figure = tmp_path / "figures" / "domainC_validation_examples.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"![{figure.stem}](figures/{figure.name})" in lines
+
+
 # --- one tiny DAG run -----------------------------------------------------------------
 
 TINY_SELECT = {

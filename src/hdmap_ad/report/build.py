@@ -427,6 +427,10 @@ def build_report(spec: dict[str, Any], out: str | Path,
         from hdmap_ad.report.leaderboard import report_lines
 
         lines += report_lines(spec["leaderboards"], out.parent)
+    if spec.get("selections"):
+        from hdmap_ad.report.selection import selection_lines
+
+        lines += selection_lines(spec["selections"], figures, out.parent)
     by_domain: dict[str, list[dict[str, Any]]] = {}
     for entry in spec["entries"]:
         by_domain.setdefault(entry["label"], []).append(entry)

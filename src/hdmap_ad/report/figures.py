@@ -387,3 +387,49 @@ def forest_plot(rows: list[dict], path: PathLike, title: str, margin: float = 0.
         bottom = 0.3 / fig.get_figheight()
     fig.tight_layout(rect=(0.0, bottom, 1.0, 1.0))
     save_figure(fig, path)
+
+
+def example_maps_figure(rows: list[dict], path: PathLike, title: str) -> None:
+    """Rows of example maps, one row per group (e.g. each validation recipe, then real
+    faults), a red outline around each map's mask where it has one.
+
+    Every map is shown on its own gray scale (cold and warm maps differ in level).
+
+    Args:
+        rows: ``[{"name": str, "maps": [(H, W) or (H, W, 3)], "masks": [(H, W) bool or
+            None], "captions": [str]}]``; rows may hold different counts.
+        path: output PNG path.
+        title: figure title.
+
+    Raises:
+        ValueError: a row's lists differ in length, or no row holds a map.
+    """
+    for r in rows:
+        if not len(r["maps"]) == len(r["masks"]) == len(r["captions"]):
+            raise ValueError(f"row {r['name']!r}: maps, masks, captions differ in length")
+    n_cols = max((len(r["maps"]) for r in rows), default=0)
+    if n_cols == 0:
+        raise ValueError("no maps to show")
+    aspect = max(m.shape[0] / m.shape[1] for r in rows for m in r["maps"])
+    fig, axes = plt.subplots(len(rows), n_cols,
+                             figsize=(3.6 * n_cols, 0.7 + len(rows) * (3.6 * aspect + 0.55)),
+                             squeeze=False, layout="constrained")
+    for i, r in enumerate(rows):
+        for j in range(n_cols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(r["maps"]):
+                ax.set_axis_off()
+                continue
+            img, cmap = _display(r["maps"][j])
+            ax.imshow(img, cmap=cmap, interpolation="nearest")
+            mask = r["masks"][j]
+            if mask is not None and np.asarray(mask).any():
+                ax.contour(np.asarray(mask, dtype=float), levels=[0.5], colors="red",
+                           linewidths=0.7, alpha=0.8)
+            ax.set_title(r["captions"][j], fontsize=7.5, loc="left")
+            if j == 0:
+                ax.set_ylabel(r["name"], fontsize=9)
+    fig.suptitle(title)
+    save_figure(fig, path)
