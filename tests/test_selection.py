@@ -302,6 +302,32 @@ def test_report_lists_selections_with_recipe_examples_beside_real_faults(tmp_pat
     assert f"![{figure.stem}](figures/{figure.name})" in lines
 
 
+def test_benchmark_figures_tau_and_regret():
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import selection as bench
+
+    agree = bench.grid_figures([0.9, 0.7, 0.8], [0.95, 0.85, 0.9], [1, 1, 1], default=1)
+    assert agree["tau"] == pytest.approx(1.0) and agree["regret"] == 0
+    assert agree["regret_default"] == pytest.approx(0.1)
+    flipped = bench.grid_figures([0.7, 0.9, 0.8], [0.95, 0.85, 0.9], [1, 1, 1], default=None)
+    assert flipped["tau"] == pytest.approx(-1.0) and flipped["regret"] == pytest.approx(0.1)
+    assert flipped["regret_default"] is None
+    assert bench.grid_figures([0.8, 0.8], [0.9, 0.7], [1, 1], 0)["tau"] is None  # a tie
+    assert [bench.bin_of(x) for x in (0.1, 0.5, 0.6, 1.1, 1.5)] == ["low", "low", "mid",
+                                                                   "high", "high"]
+    val = {"normal": [{"score": 0.0}, {"score": 1.0}],
+           "anomalies": [{"score": 2.0, "strength": 0.2}, {"score": 0.5, "strength": 1.4}]}
+    assert bench.bin_auroc(val, "low") == 1.0 and bench.bin_auroc(val, "high") == 0.5
+    assert bench.bin_auroc(val, "mid") is None and bench.bin_auroc(val, "all") == 0.75
+    rows = [{"method": "m", "recipe": "r", "strength": "all", **agree},
+            {"method": "m", "recipe": "r", "strength": "all", **flipped}]
+    (summary,) = bench.summarize(rows)
+    assert summary["tau"] == pytest.approx(0.0) and summary["selected_is_test_best"] == 1
+    assert summary["regret_default"] == pytest.approx(0.1)
+
+
 # --- one tiny DAG run -----------------------------------------------------------------
 
 TINY_SELECT = {
