@@ -108,9 +108,15 @@ def validation_entry_schema() -> dict[str, Any]:
     strength = {"type": "number", "minimum": 0, "maximum": 100}
     common = {
         "strength": {"oneOf": [strength, {"type": "array", "minItems": 2, "maxItems": 2,
-                                          "items": strength}]},
-        "per_reference": {"type": "integer", "minimum": 1, "maximum": MAX_PER_REFERENCE},
-        "seed": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                                          "items": strength}],
+                     "description": "contrast [low, high], in units of the map's mean level, "
+                                    f"drawn per anomaly (default {list(DEFAULT_STRENGTH)})"},
+        "per_reference": {"type": "integer", "minimum": 1, "maximum": MAX_PER_REFERENCE,
+                          "description": "anomalies made from each held-out reference "
+                                         "(default 2)"},
+        "seed": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1,
+                 "description": "seeds every anomaly with its fold, sub-model, reference and "
+                                "draw (default 0)"},
     }
     branches = []
     for name, r in sorted(RECIPES.items()):

@@ -291,6 +291,10 @@ def recipe_options_schema(cls: type) -> dict[str, dict[str, Any]]:
                                 ("max", "maximum")):
             if key in f.metadata:
                 item[schema_key] = f.metadata[key]
-        props[f.name] = ({"oneOf": [item, {"type": "array", "minItems": 2, "maxItems": 2,
-                                           "items": item}]} if is_range else item)
+        prop = ({"oneOf": [item, {"type": "array", "minItems": 2, "maxItems": 2,
+                                  "items": item}]} if is_range else dict(item))
+        if f.metadata.get("doc"):
+            prop["description"] = f.metadata["doc"] + (" ([low, high], drawn per anomaly)"
+                                                        if is_range else "")
+        props[f.name] = prop
     return props
