@@ -212,6 +212,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_app(args: argparse.Namespace) -> int:
     from hdmap_ad.app.launch import run_app
 
+    if not 1 <= args.port <= 65535:
+        raise InputError(f"--port: {args.port} is not a TCP port (1-65535)")
     return run_app(args.root, args.port, args.address, allow_stale=args.allow_stale)
 
 

@@ -19,6 +19,7 @@ Only the standard library and numpy are imported here, so parsing params needs n
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Union
@@ -71,6 +72,9 @@ def _check_value(value: Any, f: dataclasses.Field, tp: Any, where: str) -> Any:
     if not _type_ok(value, base):
         raise InputError(f"{where}: {value!r} is not {_type_name(base)}")
     if base is float:
+        # NaN passes every bound below; an int past 1e308 does not fit a float
+        if (isinstance(value, int) and abs(value) > 2**1023) or not math.isfinite(value):
+            raise InputError(f"{where}: {value!r:.40} is not a finite number")
         value = float(value)
     meta = f.metadata
     if "enum" in meta and value not in meta["enum"]:

@@ -178,6 +178,16 @@ def unique_map_names(names: list[str]) -> list[str]:
 
 #: The pipeline's extract and score jobs take this many threads at most (``THREAD_CAP``).
 MAX_THREADS = 16
+#: Largest batch a model folder may ask for (params.schema.yaml's backbone batch_size bound):
+#: a hand-edited model.json cannot make predict allocate an unbounded batch.
+MAX_BATCH = 1024
+
+
+def check_threads(threads: int | None) -> None:
+    """``--threads``: None (the default) or at least 1 (0 is not "all cores")."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):
+        raise InputError(f"--threads: {threads!r} must be an integer >= 1")
 
 
 def default_threads() -> int:
@@ -199,9 +209,13 @@ class Predictor:
     def __init__(self, bundle: ModelBundle, device: str = "cpu", threads: int | None = None):
         from hdmap_ad.features.weights import load_backbone
 
-        self.threads = int(threads) if threads else default_threads()
-        if self.threads < 1:
-            raise InputError(f"--threads: {threads} must be >= 1")
+        check_threads(threads)
+        for key in ("extract_batch_size", "score_batch_maps"):  # before any allocation
+            n = bundle.meta["batching"].get(key)
+            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_BATCH:
+                raise InputError(f"{bundle.folder}: batching.{key}: {n!r} is not an integer "
+                                 f"in [1, {MAX_BATCH}]")
+        self.threads = threads if threads is not None else default_threads()
         self.bundle = bundle
         self.exp = bundle.experiment
         self.cfg = bundle.backbone
@@ -506,6 +520,7 @@ def predict_to_csv(model: str, inputs: list[str], out: str, maps_dir: str | None
 
     if maps_format not in MAP_FORMATS:
         raise InputError(f"--maps-format: {maps_format!r} is not one of {MAP_FORMATS}")
+    check_threads(threads)
     items, hidden = _scan_inputs(inputs, recursive)
     if not items:
         raise InputError("--input: no maps given")

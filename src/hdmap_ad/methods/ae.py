@@ -40,16 +40,16 @@ SCORES = ("l2", "ssim")
 @dataclass(frozen=True)
 class AEOptions(TrainOptions):
     hidden: int = field(default=32, metadata={
-        "min": 1, "doc": "channels of the first conv block (doubling per block)"})
+        "min": 1, "max": 1024, "doc": "channels of the first conv block (doubling per block)"})
     depth: int = field(default=2, metadata={
         "min": 1, "max": 4, "doc": "stride-2 conv blocks in the encoder (and decoder)"})
     latent: int = field(default=16, metadata={
-        "min": 1, "doc": "channels of the 1x1 bottleneck"})
+        "min": 1, "max": 1024, "doc": "channels of the 1x1 bottleneck"})
     score: str = field(default="l2", metadata={
         "stage": "score", "enum": SCORES,
         "doc": "patch score: l2 = squared error | ssim = 1 - local SSIM (3x3)"})
     row_window: int = field(default=1, metadata={
-        "stage": "score", "min": 1,
+        "stage": "score", "min": 1, "max": 256,
         "doc": "average patch scores along each row over this many positions (HDMAP fault "
                "prior: horizontal bands; 1 = off)"})
 

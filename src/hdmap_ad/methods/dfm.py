@@ -59,8 +59,9 @@ class DFMOptions:
         "enum": ("fre", "nll"), "doc": "image score: fre = feature reconstruction error, "
                                        "nll = Gaussian negative log-likelihood in PCA space"})
     pooling_kernel_size: int | None = field(default=4, metadata={
-        "min": 1, "doc": "average-pool the patch grid in k x k cells and flatten them into "
-                         "one vector per map, as anomalib (null: global average pooling)"})
+        "min": 1, "max": 64,
+        "doc": "average-pool the patch grid in k x k cells and flatten them into "
+               "one vector per map, as anomalib (null: global average pooling)"})
 
 
 def pooled_features(desc: np.ndarray, k: int | None) -> np.ndarray:

@@ -71,9 +71,9 @@ FLOWS = ("joint", "per_layer")
 @dataclass(frozen=True)
 class FastFlowOptions(TrainOptions):
     flow_steps: int = field(default=8, metadata={
-        "min": 1, "doc": "affine coupling blocks in the flow (paper / anomalib: 8)"})
+        "min": 1, "max": 64, "doc": "affine coupling blocks in the flow (paper / anomalib: 8)"})
     hidden_ratio: float = field(default=1.0, metadata={
-        "gt": 0.0, "doc": "subnet hidden channels per coupling input channel"})
+        "gt": 0.0, "max": 16.0, "doc": "subnet hidden channels per coupling input channel"})
     conv3x3_only: bool = field(default=False, metadata={
         "doc": "every subnet uses 3x3 convolutions (false: 3x3 and 1x1 blocks alternate)"})
     clamp: float = field(default=2.0, metadata={

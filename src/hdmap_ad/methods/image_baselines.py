@@ -81,8 +81,9 @@ def broadcast(image: np.ndarray, desc: np.ndarray) -> tuple[np.ndarray, np.ndarr
 class KnnImageOptions:
     k: int = field(default=1, metadata={
         "stage": "score",
-        "min": 1, "doc": "nearest reference maps (pooled features) averaged; clamped to the "
-                         "number of references"})
+        "min": 1, "max": 10_000,
+        "doc": "nearest reference maps (pooled features) averaged; clamped to the "
+               "number of references"})
 
 
 class KnnImageModel(FittedModel):

@@ -58,8 +58,9 @@ _SCORE_BATCH = 32
 @dataclass(frozen=True)
 class PaDiMOptions:
     n_features: int = field(default=100, metadata={
-        "min": 1, "doc": "channels in the seeded random subset (capped at the descriptor "
-                         "width; anomalib's default for wide_resnet50 is 550, resnet18 100)"})
+        "min": 1, "max": 8192,
+        "doc": "channels in the seeded random subset (capped at the descriptor "
+               "width; anomalib's default for wide_resnet50 is 550, resnet18 100)"})
     covariance: str = field(default="ledoit_wolf", metadata={
         "enum": ("ledoit_wolf", "eps"),
         "doc": "per-position covariance: ledoit_wolf shrinkage, or eps = anomalib's sample "

@@ -24,11 +24,11 @@ class PatchCoreOptions:
     coreset_ratio: float = field(default=0.1, metadata={
         "gt": 0.0, "max": 1.0, "doc": "fraction of reference patches kept in the bank"})
     coreset_proj_dim: int | None = field(default=DEFAULT_PROJ_DIM, metadata={
-        "min": 1, "doc": "random projection width for the coreset selection when the "
+        "min": 1, "max": 8192, "doc": "random projection width for the coreset selection when the "
                          "descriptors are wider (null: exact distances)"})
     num_neighbors: int = field(default=9, metadata={
         "stage": "score",
-        "min": 1, "doc": "anomalib's image-score reweighting neighbours (1: none)"})
+        "min": 1, "max": 1000, "doc": "anomalib's image-score reweighting neighbours (1: none)"})
     search: SearchConfig = field(default_factory=SearchConfig, metadata={"stage": "score"})
 
 

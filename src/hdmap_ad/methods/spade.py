@@ -47,12 +47,14 @@ IMAGE_SCORES = ("pooled", "patch_max")
 class SpadeOptions:
     image_k: int = field(default=50, metadata={
         "stage": "score",
-        "min": 1, "doc": "nearest reference maps (pooled features) retrieved per query; "
-                         "clamped to the number of references (the metrics record the K "
-                         "used per sub-model: counts.bank, image_k_effective; paper: K = 50)"})
+        "min": 1, "max": 10_000,
+        "doc": "nearest reference maps (pooled features) retrieved per query; "
+               "clamped to the number of references (the metrics record the K used per "
+               "sub-model: counts.bank, image_k_effective; paper: K = 50)"})
     patch_k: int = field(default=1, metadata={
         "stage": "score",
-        "min": 1, "doc": "nearest gallery patches averaged per query patch (paper: kappa = 1)"})
+        "min": 1, "max": 1000,
+        "doc": "nearest gallery patches averaged per query patch (paper: kappa = 1)"})
     image_score: str = field(default="pooled", metadata={
         "stage": "score",
         "enum": IMAGE_SCORES,

@@ -47,10 +47,10 @@ COMBINE = ("product", "sum")
 @dataclass(frozen=True)
 class STFPMOptions(TrainOptions):
     epochs: int = field(default=100, metadata={
-        "min": 1, "doc": "training epochs at most (early stopping may end sooner; anomalib: "
-                         "100)"})
+        "min": 1, "max": 10_000, "doc": "training epochs at most (early stopping may end "
+                                         "sooner; anomalib: 100)"})
     batch_size: int = field(default=32, metadata={
-        "min": 1, "doc": "maps per optimisation step (anomalib: 32)"})
+        "min": 1, "max": 1024, "doc": "maps per optimisation step (anomalib: 32)"})
     lr: float = field(default=0.4, metadata={
         "gt": 0.0, "doc": "SGD learning rate for the batch-summed loss (anomalib: 0.4)"})
     weight_decay: float = field(default=1e-3, metadata={

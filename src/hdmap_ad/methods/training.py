@@ -47,9 +47,9 @@ class TrainOptions:
     """Options of every trained method (inherited by its options dataclass)."""
 
     epochs: int = field(default=50, metadata={
-        "min": 1, "doc": "training epochs at most (early stopping may end sooner)"})
+        "min": 1, "max": 10_000, "doc": "training epochs at most (early stopping may end sooner)"})
     batch_size: int = field(default=8, metadata={
-        "min": 1, "doc": "maps per optimisation step"})
+        "min": 1, "max": 1024, "doc": "maps per optimisation step"})
     lr: float = field(default=1e-3, metadata={"gt": 0.0, "doc": "Adam learning rate"})
     weight_decay: float = field(default=1e-5, metadata={
         "min": 0.0, "doc": "Adam weight decay"})
@@ -57,7 +57,8 @@ class TrainOptions:
         "min": 0.0, "max": 0.5, "doc": "share of the sub-model's references held out for "
                                        "validation / early stopping (never test maps)"})
     patience: int = field(default=10, metadata={
-        "min": 1, "doc": "epochs without a better validation loss before stopping"})
+        "min": 1, "max": 10_000,
+        "doc": "epochs without a better validation loss before stopping"})
 
 
 def split_references(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

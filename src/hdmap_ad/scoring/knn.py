@@ -33,10 +33,13 @@ class SearchConfig:
 
     index: str = field(default="flat", metadata={
         "enum": INDEXES, "doc": "faiss index: flat (exact) | ivf | hnsw (approximate)"})
-    nlist: int = field(default=1024, metadata={"min": 1, "doc": "ivf: k-means cells"})
-    nprobe: int = field(default=16, metadata={"min": 1, "doc": "ivf: cells searched"})
-    hnsw_m: int = field(default=32, metadata={"min": 1, "doc": "hnsw: links per node"})
-    ef_search: int = field(default=128, metadata={"min": 1, "doc": "hnsw: candidates per query"})
+    nlist: int = field(default=1024, metadata={
+        "min": 1, "max": 1 << 20, "doc": "ivf: k-means cells"})
+    nprobe: int = field(default=16, metadata={
+        "min": 1, "max": 1 << 20, "doc": "ivf: cells searched"})
+    hnsw_m: int = field(default=32, metadata={"min": 1, "max": 256, "doc": "hnsw: links per node"})
+    ef_search: int = field(default=128, metadata={
+        "min": 1, "max": 1 << 16, "doc": "hnsw: candidates per query"})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, where: str = "search") -> SearchConfig:
