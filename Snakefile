@@ -1,6 +1,7 @@
 # hdmap-ad: dataset -> features -> fitted methods (gated or mixed) -> scores -> metrics.
 # Thin on purpose: every rule calls `python -m hdmap_ad <step>`; helpers live in common.smk.
-configfile: "params.yaml"
+# params.yaml (or `--config params=presets/x.yaml`) is read as data by common.smk, never by
+# Snakemake's `configfile:`, which would evaluate a YTE template in it.
 
 
 include: "workflow/rules/common.smk"

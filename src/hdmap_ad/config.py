@@ -8,7 +8,9 @@ inputs changed; ``*.from_dict`` turns that JSON back into a config.
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -449,16 +451,30 @@ def params_schema(schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
     return schema
 
 
-def validate_params(raw: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> None:
-    """Validate raw params against the JSON schema; the error names the offending key path."""
+@functools.lru_cache(maxsize=4)
+def _validator(schema_path: Path, mtime_ns: int, gates: tuple[str, ...] = (),
+               kinds: tuple[str, ...] = ()) -> Any:
+    """The schema's validator, built once per schema file version (parsing the schema YAML
+    took 30 ms of every params parse: the DAG, each step, and the params fuzz tests) and
+    per set of registered ``gates`` and ``kinds`` (one registered at run time joins its
+    enum)."""
     import jsonschema
 
-    validator = jsonschema.Draft7Validator(params_schema(schema_path))
+    return jsonschema.Draft7Validator(params_schema(schema_path))
+
+
+def validate_params(raw: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> None:
+    """Validate raw params against the JSON schema; the error names the offending key path."""
+    validator = _validator(schema_path, schema_path.stat().st_mtime_ns, gate_names(),
+                           kind_names())
     errors = sorted(validator.iter_errors(raw), key=lambda e: list(e.absolute_path))
     if errors:
         err = errors[0]
         where = ".".join(str(p) for p in err.absolute_path) or "<top level>"
-        raise InputError(f"params: {where}: {err.message}")
+        message, value = err.message, repr(err.instance)
+        if len(value) > 80:  # a 1000-item list or a 1 MB string: the line names, not echoes
+            message = message.replace(value, value[:60] + "...")
+        raise InputError(f"params: {where}: {message}")
 
 
 def _variant_key(key: str, budget: int | None, seed: int | None) -> str:
@@ -579,7 +595,8 @@ def _hypothesis_plan(
 
 def _check_moved_keys(raw: dict[str, Any]) -> None:
     """Name keys of an older params layout before the schema reports them as unexpected."""
-    for key, exp in (raw.get("experiments") or {}).items():
+    experiments = raw.get("experiments")
+    for key, exp in (experiments if isinstance(experiments, dict) else {}).items():
         moved = [k for k in MOVED_TO_METHOD if isinstance(exp, dict) and k in exp]
         if moved:
             raise InputError(
@@ -587,8 +604,57 @@ def _check_moved_keys(raw: dict[str, Any]) -> None:
                 f"method block: write `method: {{name: patchcore, {moved[0]}: ...}}`")
 
 
+def _key_path(parts: tuple[Any, ...]) -> str:
+    """``experiments.gated.seed`` for messages: an odd key quoted, a deep path cut short."""
+    shown = [str(p) if isinstance(p, int) or str(p).replace("_", "").replace("-", "").isalnum()
+             else repr(p) for p in parts]
+    if len(shown) > 6:
+        shown = shown[:5] + ["..."]
+    return ".".join(shown) or "<top level>"
+
+
+def _check_plain_data(raw: Any) -> None:
+    """Params are JSON-like data: string keys, finite numbers, bounded depth and size (as a
+    params file is, :func:`read_params_yaml`); a dict built in code is held to the same, so
+    the schema and the configs never meet a NaN, a tuple key or a self-containing list."""
+    if not isinstance(raw, dict):
+        raise InputError(f"params: expected a mapping at the top level, got "
+                         f"{type(raw).__name__}")
+    count = 0
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(raw, ())]
+    while stack:
+        value, parts = stack.pop()
+        count += 1
+        if count > MAX_YAML_NODES:
+            raise InputError(f"params: {_key_path(parts)}: more than {MAX_YAML_NODES} values "
+                             "in all")
+        if len(parts) > MAX_YAML_DEPTH:
+            raise InputError(f"params: {_key_path(parts)}: nested deeper than "
+                             f"{MAX_YAML_DEPTH} levels")
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    raise InputError(f"params: {_key_path(parts)}: key {k!r:.40} is not a "
+                                     "string (quote it in YAML)")
+                if not k.isprintable():  # a newline in a key would split its message
+                    raise InputError(f"params: {_key_path(parts)}: key {k!r:.40} holds a "
+                                     "control character")
+                stack.append((v, (*parts, k)))
+        elif isinstance(value, list):
+            stack.extend((v, (*parts, i)) for i, v in enumerate(value))
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise InputError(f"params: {_key_path(parts)}: {value!r} is not a finite "
+                                 "number")
+        elif value is not None and not isinstance(value, (str, int)):  # bool is an int
+            raise InputError(f"params: {_key_path(parts)}: {type(value).__name__} "
+                             f"{value!r:.40} is not plain data (a string, number, boolean, "
+                             "null, list or mapping)")
+
+
 def parse_params(raw: dict[str, Any]) -> Params:
     """Build and cross-check :class:`Params` from a validated params dict."""
+    _check_plain_data(raw)
     _check_moved_keys(raw)
     validate_params(raw)
     backbones = {k: BackboneConfig.from_dict(k, v) for k, v in raw["backbones"].items()}
@@ -702,8 +768,99 @@ def parse_params(raw: dict[str, Any]) -> Params:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """safe_load, but a key given twice in one mapping is an error (YAML keeps the last one
-    silently, so an experiment defined twice would run only its second definition)."""
+    """safe_load for params, which are data: a key given twice in one mapping is an error (YAML
+    keeps the last one silently, so an experiment defined twice would run only its second
+    definition); only JSON's types and ``<<`` merges are built (a date or ``=`` stays a
+    string; ``!!python/...``, ``!!binary``, ``!!set`` or a custom ``!tag`` is refused); and
+    anchors are bounded (:func:`_check_graph`), so an alias bomb fails before it expands."""
+
+    def compose_node(self, parent, index):  # noqa: D102 (PyYAML's hook)
+        # depth and alias bounds while composing: PyYAML recurses per nesting level
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _ParamsYamlError(f"nested deeper than {MAX_YAML_DEPTH} levels",
+                                       self.peek_event().start_mark)
+            if self.check_event(yaml.AliasEvent):
+                self._aliases = getattr(self, "_aliases", 0) + 1
+                if self._aliases > MAX_YAML_ALIASES:
+                    raise _ParamsYamlError(f"more than {MAX_YAML_ALIASES} aliases (*name)",
+                                           self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self):  # noqa: D102 (PyYAML's hook)
+        node = super().compose_document()
+        _check_graph(node)
+        return node
+
+
+#: Bounds of a params file's YAML graph: nesting depth, ``*alias`` uses, and nodes once every
+#: alias is expanded (presets/methods.yaml: 38 aliases, about 1,900 nodes).
+MAX_YAML_DEPTH = 64
+MAX_YAML_ALIASES = 1000
+MAX_YAML_NODES = 200_000
+#: Digits of an integer scalar (seeds are < 2**63: 19 digits).
+MAX_YAML_INT_DIGITS = 40
+_YAML = "tag:yaml.org,2002:"
+#: The tags a params file may carry: JSON's types, and the merge key ``<<``.
+_PARAMS_TAGS = frozenset(_YAML + t for t in ("null", "bool", "int", "float", "str", "seq",
+                                             "map", "merge"))
+# a date-like or ``=`` scalar is a string (PyYAML makes a date, or fails on ``=``)
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers
+            if tag not in (_YAML + "timestamp", _YAML + "value")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+class _ParamsYamlError(Exception):
+    """A params file that is valid YAML but not plain data; ``mark`` is where."""
+
+    def __init__(self, problem: str, mark: Any = None) -> None:
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        super().__init__(f"{where}{problem}")
+
+
+def _check_graph(root: yaml.Node | None) -> None:
+    """Refuse tags outside :data:`_PARAMS_TAGS`, recursive anchors, over-long integers and a
+    graph that expands past :data:`MAX_YAML_NODES` nodes. Linear in the composed graph: each
+    anchored node's expanded size is counted once (a billion-laughs file is a small graph
+    that would expand to 10**9 nodes)."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_:
+            raise _ParamsYamlError("an anchor refers to itself (recursive alias)",
+                                   node.start_mark)
+        if node.tag not in _PARAMS_TAGS:
+            tag = node.tag.replace(_YAML, "!!")
+            raise _ParamsYamlError(f"tag {tag} is not allowed (params are plain data: "
+                                   "mappings, lists, strings, numbers, booleans, null)",
+                                   node.start_mark)
+        open_.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            total = 1
+            if node.tag == _YAML + "int" and len(node.value) > MAX_YAML_INT_DIGITS:
+                raise _ParamsYamlError(f"integer {node.value[:20]}... has more than "
+                                       f"{MAX_YAML_INT_DIGITS} digits", node.start_mark)
+        elif isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(size(child) for child in node.value)
+        else:
+            total = 1 + sum(size(k) + size(v) for k, v in node.value)
+        open_.discard(id(node))
+        if total > MAX_YAML_NODES:
+            raise _ParamsYamlError(f"expands to more than {MAX_YAML_NODES} values once its "
+                                   "aliases are expanded (an alias bomb?)", node.start_mark)
+        sizes[id(node)] = total
+        return total
+
+    if root is not None:
+        size(root)
 
 
 def _no_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
@@ -711,6 +868,10 @@ def _no_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool =
     for key_node, _ in node.value:
         if key_node.tag == "tag:yaml.org,2002:merge":
             continue
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise yaml.constructor.ConstructorError(
+                None, None, "a key must be a plain name, not a list or mapping",
+                key_node.start_mark)
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
@@ -723,14 +884,24 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _n
 
 
 def read_params_yaml(path: str | Path) -> Any:
-    """Parse a params file strictly (duplicate keys refused); errors name the file."""
+    """Parse a params file as data (:class:`_StrictLoader`: duplicate keys, non-data tags and
+    alias bombs refused; nothing in it is evaluated, so ``__use_yte__``, Snakemake's switch
+    for YTE templates, is refused too); errors name the file."""
     path = Path(path)
     try:
-        return yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 (safe subclass)
+        raw = yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 (safe subclass)
     except FileNotFoundError:
         raise InputError(f"{path}: params file not found") from None
+    except _ParamsYamlError as exc:
+        raise InputError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    except (ValueError, RecursionError) as exc:  # undecodable bytes, an int past 4300 digits
+        raise InputError(f"{path}: not a params file: {' '.join(str(exc).split())}") from None
+    if isinstance(raw, dict) and "__use_yte__" in raw:
+        raise InputError(f"{path}: __use_yte__: params are data, never a template; "
+                         "write the values themselves")
+    return raw
 
 
 def load_params(path: str | Path) -> Params:

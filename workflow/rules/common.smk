@@ -14,14 +14,35 @@ from hdmap_ad.methods import METHODS
 
 _METHOD_MODULES = frozenset(type(m).__module__ for m in METHODS.values())
 
+#: What `--config` may set: the params file (a preset: `--config params=presets/x.yaml`) and
+#: the work folder. The experiment itself lives in the params file, read as data by
+#: `read_params_yaml` (never by Snakemake's `configfile:`/`--configfile`, which evaluate
+#: YTE templates: a `__use_yte__` file could run code on a mere `snakemake -n`).
+CONFIG_KEYS = ("params", "work_dir")
+
+
+def _load_params():
+    unknown = sorted(set(config) - set(CONFIG_KEYS))
+    if workflow.configfiles:
+        raise InputError(f"--configfile {workflow.configfiles[0]}: not read; give a params "
+                         "file with --config params=<file> (read as data, never a template)")
+    if unknown:
+        raise InputError(f"--config {unknown[0]}: unknown key; --config takes only "
+                         f"{', '.join(CONFIG_KEYS)}: put experiment settings in the params "
+                         "file (--config params=<file>)")
+    path = str(config.get("params", "params.yaml"))
+    raw = read_params_yaml(path)
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: expected a mapping at the top level")
+    return path, raw, parse_params(raw)
+
+
 try:
-    for _f in workflow.configfiles:  # Snakemake's own loader keeps duplicate keys' last value
-        read_params_yaml(_f)
-    PARAMS = parse_params(config)
+    PARAMS_FILE, PARAMS_RAW, PARAMS = _load_params()
 except InputError as exc:
     raise WorkflowError(str(exc)) from None
 
-WORK = config.get("work_dir", "work")
+WORK = str(config.get("work_dir", "work"))
 DATASET = PARAMS.dataset
 ROOT = DATASET.root
 RESULT_PREFIX = DATASET.result_prefix
@@ -178,7 +199,7 @@ def target_results():
 
 
 def target_hypotheses():
-    names = config.get("targets", {}).get("hypotheses", list(PARAMS.hypotheses))
+    names = PARAMS_RAW.get("targets", {}).get("hypotheses", list(PARAMS.hypotheses))
     return [f"results/hypotheses/{h}.json" for h in names]
 
 
