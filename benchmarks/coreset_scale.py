@@ -32,7 +32,7 @@ from benchmarks_common import machine_line, write_outputs
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from hdmap_ad.banks.coreset import coreset_size, coverage_radius, greedy_coreset  # noqa: E402
+from hdmap_ad.components.coreset import coreset_size, coverage_radius, greedy_coreset  # noqa: E402
 
 ANOMALIB_PY = REPO / ".venv-anomalib" / "bin" / "python"
 RADIUS_SAMPLE = 50_000

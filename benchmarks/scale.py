@@ -175,7 +175,7 @@ def _child_bank(p: dict) -> dict:
 
     from coreset_scale import patch_like
 
-    from hdmap_ad.banks import coreset as cs
+    from hdmap_ad.components import coreset as cs
 
     x = patch_like(p["n"], p["dim"])
     n, k = len(x), cs.coreset_size(len(x), p["ratio"])

@@ -4,7 +4,7 @@
 
 Bank and queries are patch-like features (see ``coreset_scale.patch_like``; 168 channels is
 the demo backbone's width); queries are other draws from the bank's distribution.
-Indexes are built by ``hdmap_ad.scoring.knn.build_index`` exactly as scoring builds them.
+Indexes are built by ``hdmap_ad.components.knn.build_index`` exactly as scoring builds them.
 recall@1: share of queries whose approximate nearest item is the exact one; also the mean
 relative error of the nearest distance (what the patch score sees). Writes
 ``results/benchmarks/search_recall.json`` and ``.md``.
@@ -24,7 +24,7 @@ from coreset_scale import patch_like
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from hdmap_ad.scoring.knn import SearchConfig, build_index  # noqa: E402
+from hdmap_ad.components.knn import SearchConfig, build_index  # noqa: E402
 
 CONFIGS = {
     "flat": SearchConfig(),

@@ -104,7 +104,7 @@ def test_score_device_puts_the_exact_index_on_a_gpu_when_faiss_has_one(tmp_path,
     import pyarrow.parquet as pq
     import torch
 
-    import hdmap_ad.scoring.knn as knn
+    import hdmap_ad.components.knn as knn
 
     common, paths = _prepared(tmp_path, {"protocol": "full"}, 0)
 

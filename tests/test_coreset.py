@@ -6,7 +6,7 @@ comparing float32 products of different shapes bit for bit."""
 import numpy as np
 import pytest
 
-from hdmap_ad.banks.coreset import (
+from hdmap_ad.components.coreset import (
     UNIT_ROUNDOFF,
     _pair_error,
     _projection_matrix,
@@ -111,7 +111,7 @@ def test_ratio_one_keeps_all_and_seed_is_deterministic():
 
 
 def test_chunked_projection_matches_one_matmul(monkeypatch):
-    import hdmap_ad.banks.coreset as coreset
+    import hdmap_ad.components.coreset as coreset
 
     x = np.random.default_rng(2).standard_normal((300, 40)).astype(np.float32)
     whole = coreset.random_projection(x, 16, seed=4)
@@ -132,7 +132,7 @@ def test_explicit_k_and_cuda_request_without_gpu_fall_back_to_the_same_selection
 
 
 def test_coverage_radius_against_numpy():
-    from hdmap_ad.banks.coreset import coverage_radius
+    from hdmap_ad.components.coreset import coverage_radius
 
     x = np.random.default_rng(6).standard_normal((120, 5)).astype(np.float32)
     sel = greedy_coreset(x, 0.1, seed=0)
@@ -144,7 +144,7 @@ def test_coverage_radius_against_numpy():
 def test_torch_selection_loop_matches_numpy_loop():
     """The GPU selection loop (_select_torch), run on CPU tensors: the same greedy picks as
     numpy (another BLAS: equal up to near-ties, of which these data have none)."""
-    from hdmap_ad.banks.coreset import _augmented, _select_numpy, _select_torch
+    from hdmap_ad.components.coreset import _augmented, _select_numpy, _select_torch
 
     x = np.random.default_rng(6).standard_normal((400, 24)).astype(np.float32)
     space = random_projection(x, 16, seed=2)
@@ -160,7 +160,7 @@ def test_torch_selection_loop_matches_numpy_loop():
 @pytest.mark.parametrize("block", [1, 2, 5, 300])
 def test_candidate_blocks_pick_exactly_the_textbook_greedy(block):
     """Any block size gives the brute-force picks; bigger blocks need fewer passes."""
-    from hdmap_ad.banks.coreset import _augmented, _select_numpy
+    from hdmap_ad.components.coreset import _augmented, _select_numpy
 
     rng = np.random.default_rng(11)
     # clusters of different spread, so blocks both hit and miss
@@ -199,7 +199,7 @@ def test_pruned_selection_matches_the_textbook_greedy(seed, n, d, k):
     near-ties (seed 1: gaps down to 5e-5 against a bound of 1.5e-3), where products of other shapes
     (the unpruned loop's, another BLAS's) may rightly pick differently: the picks are checked
     against exact distances with the rounding bound, not against each other."""
-    from hdmap_ad.banks.coreset import _augmented, _select_numpy
+    from hdmap_ad.components.coreset import _augmented, _select_numpy
 
     x = _clustered(n, d, seed)
     x64 = x.astype(np.float64)
@@ -220,7 +220,7 @@ def test_pruned_selection_matches_the_textbook_greedy(seed, n, d, k):
 def test_ties_duplicates_and_extreme_k_follow_the_textbook_order():
     """Small integer features (every float32 distance exact): duplicates tie exactly, and
     ties go to the lowest index, through k = 1 and k = N (picks repeat once all are 0)."""
-    from hdmap_ad.banks.coreset import _augmented, _select_numpy
+    from hdmap_ad.components.coreset import _augmented, _select_numpy
 
     rng = np.random.default_rng(4)
     distinct = rng.integers(0, 4, (30, 3))
@@ -235,7 +235,7 @@ def test_ties_duplicates_and_extreme_k_follow_the_textbook_order():
 
 
 def test_greedy_coreset_reports_counts_and_prunes_large_inputs():
-    from hdmap_ad.banks.coreset import GROUP_POINTS
+    from hdmap_ad.components.coreset import GROUP_POINTS
 
     x = _clustered(4 * GROUP_POINTS, 6, 9)
     counts = {}
@@ -247,7 +247,7 @@ def test_greedy_coreset_reports_counts_and_prunes_large_inputs():
 
 
 def test_block_size_is_max_block_at_most_n():
-    import hdmap_ad.banks.coreset as coreset
+    import hdmap_ad.components.coreset as coreset
 
     assert coreset.block_size(50) == 50
     assert coreset.block_size(100_000) == coreset.MAX_BLOCK
@@ -258,7 +258,7 @@ def test_products_are_within_the_rounding_bound_at_any_size():
     """Padded small products (``SMALL_PRODUCT``) keep their shape and each entry is within the
     float32 bound ``K u sum_i |a_i b_i|`` of the exact product (any BLAS, any kernel: small
     and large products need not round alike, e.g. under ``OPENBLAS_CORETYPE=Haswell``)."""
-    from hdmap_ad.banks.coreset import _products
+    from hdmap_ad.components.coreset import _products
 
     rng = np.random.default_rng(3)
     a = rng.standard_normal((40, 30)).astype(np.float32)

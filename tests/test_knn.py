@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from hdmap_ad.scoring.knn import BankIndex, image_scores, softmax
+from hdmap_ad.components.knn import BankIndex, image_scores, softmax
 
 
 def test_faiss_search_matches_numpy():
@@ -55,7 +55,7 @@ def test_reweighting_hand_computed_single_worst():
     {"index": "hnsw", "hnsw_m": 16, "ef_search": 256},
 ])
 def test_approximate_indexes_agree_with_exact_and_are_deterministic(cfg):
-    from hdmap_ad.scoring.knn import SearchConfig
+    from hdmap_ad.components.knn import SearchConfig
 
     rng = np.random.default_rng(0)
     bank = rng.standard_normal((2000, 12)).astype(np.float32)
@@ -71,7 +71,7 @@ def test_approximate_indexes_agree_with_exact_and_are_deterministic(cfg):
 
 def test_ivf_nlist_is_capped_for_small_banks_and_bad_search_keys_are_named():
     from hdmap_ad.errors import InputError
-    from hdmap_ad.scoring.knn import SearchConfig
+    from hdmap_ad.components.knn import SearchConfig
 
     bank = np.random.default_rng(1).standard_normal((100, 4)).astype(np.float32)
     index = BankIndex(bank, SearchConfig(index="ivf", nlist=1024, nprobe=8)).index

@@ -1,1 +1,2 @@
-"""Memory banks: reference selection, the cold/warm gate, coreset subsampling, storage."""
+"""An experiment's references and fitted sub-models: reference selection, fitting per gate
+assignment (including the reference folds), storage."""

@@ -4,7 +4,7 @@ Fit: every reference patch descriptor, greedy k-center coreset (``coreset_ratio`
 the experiment seed; descriptors wider than ``coreset_proj_dim`` are randomly projected for
 the selection only). Score: distance of each query patch to its nearest bank patch; image
 score = the worst patch's distance, reweighted as anomalib does (``num_neighbors``; see
-``hdmap_ad.scoring.knn.image_scores``).
+``hdmap_ad.components.knn.image_scores``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from hdmap_ad.banks.coreset import DEFAULT_PROJ_DIM
+from hdmap_ad.components.coreset import DEFAULT_PROJ_DIM
 from hdmap_ad.methods.base import FitContext, FittedModel, Method, check_descriptors
-from hdmap_ad.scoring.knn import SearchConfig
+from hdmap_ad.components.knn import SearchConfig
 
 
 @dataclass(frozen=True)
@@ -49,14 +49,14 @@ class PatchCoreModel(FittedModel):
 
     @property
     def index(self):
-        from hdmap_ad.scoring.knn import BankIndex
+        from hdmap_ad.components.knn import BankIndex
 
         if self._index is None:
             self._index = BankIndex(self.bank, self.options.search, self.device)
         return self._index
 
     def score(self, desc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from hdmap_ad.scoring.knn import image_scores
+        from hdmap_ad.components.knn import image_scores
 
         b, h, w, d = desc.shape
         s, ps = image_scores(desc.reshape(b, h * w, d), self.index, self.options.num_neighbors)
@@ -83,7 +83,7 @@ class PatchCore(Method):
     summary = "greedy-coreset memory bank, nearest-neighbour patch distance (Roth et al. 2022)"
 
     def fit(self, desc: np.ndarray, options: PatchCoreOptions, ctx: FitContext) -> PatchCoreModel:
-        from hdmap_ad.banks.coreset import greedy_coreset
+        from hdmap_ad.components.coreset import greedy_coreset
 
         desc = check_descriptors(desc, ctx.where)
         n, h, w, d = desc.shape

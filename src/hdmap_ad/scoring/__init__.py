@@ -1,1 +1,2 @@
-"""Scoring test maps against memory banks (faiss exact L2) and PatchCore's image score."""
+"""Scoring test maps: routing through the gate to the fitted sub-models, reference folds for
+the deployable threshold, the scores table."""
