@@ -166,7 +166,7 @@ def params_markdown(schema: dict[str, Any]) -> str:
         "# params.yaml keys",
         "",
         "Generated when the site is built from the schema `params.yaml` is validated against "
-        "(`workflow/schemas/params.schema.yaml`, with the gate names and the method options "
+        "(`src/hdmap_ad/schemas/params.schema.yaml`, with the gate names and the method options "
         "filled in from the code: `hdmap_ad.config.params_schema`). `<key>` is a name you "
         "choose (a backbone, an experiment, a hypothesis); `[]` is an item of a list. "
         "*When* names the block a key belongs to (a method's options apply under its "

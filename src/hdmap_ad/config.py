@@ -1,6 +1,6 @@
 """Typed, frozen configs built from params.yaml in one place.
 
-``load_params`` validates the YAML against ``workflow/schemas/params.schema.yaml`` (errors name
+``load_params`` validates the YAML against ``hdmap_ad/schemas/params.schema.yaml`` (errors name
 the bad key), then builds the dataclasses below. Every CLI step receives the JSON of just the
 block it uses (``--spec``), so Snakemake's params trigger re-runs exactly the jobs whose
 inputs changed; ``*.from_dict`` turns that JSON back into a config.
@@ -12,6 +12,7 @@ import functools
 import json
 import math
 from dataclasses import asdict, dataclass, field, replace
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +41,8 @@ from hdmap_ad.validation import ValidationConfig, parse_validation, validation_e
 if TYPE_CHECKING:
     from hdmap_ad.features.descriptors import DescriptorConfig
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
+#: The params schema, package data (found in an installed package as in a checkout).
+SCHEMA_PATH = Path(str(resources.files("hdmap_ad").joinpath("schemas", "params.schema.yaml")))
 
 #: Experiment keys that moved into the ``method`` block (PatchCore's options).
 MOVED_TO_METHOD = ("coreset_ratio", "coreset_proj_dim", "num_neighbors", "search")
