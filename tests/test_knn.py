@@ -70,8 +70,8 @@ def test_approximate_indexes_agree_with_exact_and_are_deterministic(cfg):
 
 
 def test_ivf_nlist_is_capped_for_small_banks_and_bad_search_keys_are_named():
-    from hdmap_ad.errors import InputError
     from hdmap_ad.components.knn import SearchConfig
+    from hdmap_ad.errors import InputError
 
     bank = np.random.default_rng(1).standard_normal((100, 4)).astype(np.float32)
     index = BankIndex(bank, SearchConfig(index="ivf", nlist=1024, nprobe=8)).index

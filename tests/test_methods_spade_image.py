@@ -200,7 +200,7 @@ def test_spade_metrics_record_the_image_k_it_used(image_k, gate, sub_refs, want)
     import pandas as pd
 
     from hdmap_ad.config import ExperimentConfig
-    from hdmap_ad.metrics.report import build_metrics
+    from hdmap_ad.metrics.experiment import build_metrics
 
     exp = json.loads(json.dumps(ExperimentConfig.from_dict("e", {  # as the scores store it
         "backbone": "b", "layers": ["l"], "gate": gate,

@@ -110,7 +110,7 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 
 def cmd_metrics(args: argparse.Namespace) -> None:
-    from hdmap_ad.metrics.report import metrics_step
+    from hdmap_ad.metrics.experiment import metrics_step
 
     metrics_step(args.scores, args.meta, args.manifest, args.features, args.domain, args.out)
 

@@ -6,7 +6,7 @@ rule metrics:
         manifest=manifest_path,
         features=experiment_features,
         # + the experiment's method module: its score_counts go into the metrics
-        code=method_code("hdmap_ad.metrics.report"),
+        code=method_code("hdmap_ad.metrics.experiment"),
     output:
         f"results/{RESULT_PREFIX}{{domain}}_{{experiment}}.json",
     log:

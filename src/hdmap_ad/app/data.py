@@ -199,7 +199,7 @@ class Run:
         """The experiment's scores without the patch grids (test and reference_cv rows)."""
         import pyarrow.parquet as pq
 
-        from hdmap_ad.metrics.report import check_finite_scores
+        from hdmap_ad.metrics.experiment import check_finite_scores
 
         path = self.scores_path(t)
         if not path.is_file():

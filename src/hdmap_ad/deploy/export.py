@@ -137,7 +137,7 @@ def _map_sizes(manifest_path: str) -> list[list[int]]:
 
 #: The pipeline steps whose code an exported model was made with (its ``code_sha256``).
 PIPELINE_MODULES = ("hdmap_ad.features.extract", "hdmap_ad.banks.bank",
-                    "hdmap_ad.scoring.score", "hdmap_ad.metrics.report",
+                    "hdmap_ad.scoring.score", "hdmap_ad.metrics.experiment",
                     "hdmap_ad.deploy.export")
 
 

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from hdmap_ad.components.coreset import DEFAULT_PROJ_DIM
-from hdmap_ad.methods.base import FitContext, FittedModel, Method, check_descriptors
 from hdmap_ad.components.knn import SearchConfig
+from hdmap_ad.methods.base import FitContext, FittedModel, Method, check_descriptors
 
 
 @dataclass(frozen=True)

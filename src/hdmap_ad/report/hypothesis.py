@@ -42,8 +42,8 @@ from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
 from hdmap_ad.gating import is_per_condition
+from hdmap_ad.metrics.experiment import gate_summary
 from hdmap_ad.metrics.image import accuracy_at, round_floats
-from hdmap_ad.metrics.report import gate_summary
 from hdmap_ad.report import verdicts
 
 #: Percentiles of the reported interval (a 95% percentile bootstrap interval).
@@ -666,7 +666,7 @@ def _ci(boot: np.ndarray | None) -> list[float] | None:
 
 def routing_by_label(tests: Sequence[pd.DataFrame]) -> dict[str, Any]:
     """The gate's routing of test maps summed over draws, split by condition x label
-    (``hdmap_ad.metrics.report.gate_summary``), with the share sent to the other condition's
+    (``hdmap_ad.metrics.experiment.gate_summary``), with the share sent to the other condition's
     sub-model per group and the overall gate accuracy."""
     decisions: dict[str, dict[str, int]] = {}
     for test in tests:
