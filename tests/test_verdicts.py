@@ -17,8 +17,8 @@ from hdmap_ad.report.hypothesis import (
     CLAIMS,
     Draw,
     _rng,
-    draw_strata,
     crossed_deltas,
+    draw_strata,
     hypothesis_report,
 )
 from hdmap_ad.report.verdicts import adjust, decide, p_values
