@@ -444,6 +444,8 @@ def params_schema(schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
     schema = yaml.safe_load(schema_path.read_text())
     exp_props = schema["definitions"]["experiment"]["properties"]
     exp_props["gate"] = {"enum": list(gate_names())}
+    schema["properties"]["hypotheses"]["additionalProperties"]["properties"]["claim"] = {
+        "enum": list(CLAIMS)}
     exp_props["method"] = method_schema()
     schema["properties"]["dataset"]["properties"]["kind"] = {
         "enum": list(kind_names()),

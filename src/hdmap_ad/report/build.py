@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from hdmap_ad.config import CLAIMS  # table and plot order
 from hdmap_ad.data.maps import read_map
 from hdmap_ad.gating import is_per_condition
 from hdmap_ad.io import atomic_path, read_json
@@ -29,10 +30,6 @@ from hdmap_ad.report.figures import (
     score_histograms,
     worst_cases,
 )
-
-#: Claims in table and plot order (``hdmap_ad.report.hypothesis.CLAIMS``, repeated here so
-#: the report does not import the bootstrap).
-CLAIMS = ("pooled", "condition_macro", "cold", "warm")
 
 WORST_K = 3
 

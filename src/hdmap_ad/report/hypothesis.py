@@ -41,6 +41,7 @@ import pandas as pd
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
+from hdmap_ad.config import CLAIMS
 from hdmap_ad.gating import is_per_condition
 from hdmap_ad.metrics.experiment import gate_summary
 from hdmap_ad.metrics.image import accuracy_at, round_floats
@@ -53,8 +54,6 @@ CONDITION_ORDER = ("cold", "warm")
 #: Resampled values ranked at once (memory bound of the vectorised AUROC).
 _CHUNK_VALUES = 2_000_000
 
-#: The statistics a verdict can be about (``claim``), in report order.
-CLAIMS = ("pooled", "condition_macro", "cold", "warm")
 CLAIM_TEXT = {
     "pooled": "AUROC over all test maps (cold and warm pooled)",
     "condition_macro": "condition-macro AUROC (mean of the cold and the warm AUROC)",
