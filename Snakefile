@@ -29,8 +29,8 @@ localrules:
 
 rule all:
     input:
-        "results/metrics.json",
+        LAYOUT.aggregate(),
         target_hypotheses(),
         target_leaderboards(),
         target_selections(),
-        "results/report.md",
+        LAYOUT.report(),

@@ -10,6 +10,7 @@ from hdmap_ad.data.fingerprint import dataset_param
 from hdmap_ad.data.kinds import get_kind
 from hdmap_ad.depgraph import closure, module_imports
 from hdmap_ad.errors import InputError
+from hdmap_ad.layout import RunLayout
 from hdmap_ad.methods import METHODS
 
 _METHOD_MODULES = frozenset(type(m).__module__ for m in METHODS.values())
@@ -46,6 +47,8 @@ WORK = str(config.get("work_dir", "work"))
 DATASET = PARAMS.dataset
 ROOT = DATASET.root
 RESULT_PREFIX = DATASET.result_prefix
+#: Every path under work/ and results/ (hdmap_ad.layout): the rules and helpers ask it.
+LAYOUT = RunLayout(work=WORK, result_prefix=RESULT_PREFIX)
 # bank and score jobs: a GPU where the job lands on one (device cuda|auto), else the CPU
 STEP_DEVICE = "cpu" if PARAMS.device == "cpu" else "auto"
 #: Threads of the heavy steps (extract, fit, score): every core Snakemake is given, up to a
@@ -106,7 +109,7 @@ def data_param(wildcards):
     added, removed, renamed or edited re-runs the manifest and what depends on it."""
     return dataset_param(domain_root(wildcards),
                          generated=get_kind(DATASET.kind).generated_root is not None,
-                         cache=f"{WORK}/cache/fingerprint/domain_{wildcards.domain}.json")
+                         cache=LAYOUT.fingerprint_cache(wildcards.domain))
 
 
 def manifest_spec():
@@ -132,15 +135,15 @@ def weights_package_version(backbone):
 
 
 #: Aggregates that every re-run makes outdated until they are rebuilt.
-REPORT = "results/report.md"
-AGGREGATES = ["results/metrics.json", "results/summary.md", "results/summary.csv", REPORT]
+REPORT = LAYOUT.report()
+AGGREGATES = [LAYOUT.aggregate(), LAYOUT.summary_md(), LAYOUT.summary_csv(), REPORT]
 
 
 def domain_outdates(wildcards):
     """What a re-run of a domain's manifest or extraction replaces (``hdmap_ad.outdated``):
     every result of the domain (a glob, expanded by the step; a stable param, so adding an
     experiment re-runs nothing) and the aggregates."""
-    return [f"results/{RESULT_PREFIX}{wildcards.domain}_*.json", *AGGREGATES]
+    return [LAYOUT.domain_results(wildcards.domain), *AGGREGATES]
 
 
 def experiment_outdates(wildcards):
@@ -156,13 +159,13 @@ def experiment_outdates(wildcards):
 
 
 def manifest_path(wildcards):
-    return f"{WORK}/manifests/domain_{wildcards.domain}.parquet"
+    return LAYOUT.manifest(wildcards.domain)
 
 
 def feature_paths(domain, experiment):
     """The feature caches an experiment's fit and score read (``Params.feature_sources``)."""
     return [
-        f"{WORK}/features/domain_{domain}/{backbone}/{layer}.parquet"
+        LAYOUT.features(domain, backbone, layer)
         for backbone, layer in PARAMS.feature_sources(experiment)
     ]
 
@@ -186,11 +189,11 @@ def synth_spec(wildcards):
 
 
 def result_path(domain, experiment):
-    return f"results/{RESULT_PREFIX}{domain}_{experiment}.json"
+    return LAYOUT.metrics(domain, experiment)
 
 
 def scores_path(domain, experiment):
-    return f"{WORK}/scores/domain_{domain}/{experiment}.parquet"
+    return LAYOUT.scores(domain, experiment)
 
 
 def target_results():
@@ -200,13 +203,13 @@ def target_results():
 
 def target_hypotheses():
     names = PARAMS_RAW.get("targets", {}).get("hypotheses", list(PARAMS.hypotheses))
-    return [f"results/hypotheses/{h}.json" for h in names]
+    return [LAYOUT.hypothesis(h) for h in names]
 
 
 def target_entries():
     """Every concrete run behind the targets, for summary.csv."""
     return [
-        {"target": f"{RESULT_PREFIX}{d}_{v.key}", "domain": d, "experiment": name,
+        {"target": LAYOUT.target(d, v.key), "domain": d, "experiment": name,
          "method": PARAMS.experiments[v.key].method.name, "gate": PARAMS.experiments[v.key].gate,
          "variant": v.key, "budget": v.budget, "seed": v.seed}
         for name in PARAMS.target_experiments
@@ -266,11 +269,11 @@ def hypothesis_spec(wildcards):
 def report_entries():
     """Domain x target experiment (sweeps are reported by their tables)."""
     return [
-        {"domain": d, "label": f"{RESULT_PREFIX}{d}", "experiment": e,
+        {"domain": d, "label": LAYOUT.label(d), "experiment": e,
          "method": PARAMS.experiments[e].method.name, "gate": PARAMS.experiments[e].gate,
          "scores": scores_path(d, e), "metrics": result_path(d, e),
-         "bank_meta": f"{WORK}/models/domain_{d}/{e}.json",
-         "manifest": f"{WORK}/manifests/domain_{d}.parquet",
+         "bank_meta": LAYOUT.model_meta(d, e),
+         "manifest": LAYOUT.manifest(d),
          "has_conditions": PARAMS.provides.conditions}
         for d in PARAMS.domains
         for e in PARAMS.target_experiments
@@ -280,9 +283,7 @@ def report_entries():
 
 def leaderboard_paths(name):
     """The JSON, markdown table and CD diagram of leaderboard ``name``."""
-    base = f"results/leaderboards/{name}"
-    return {"json": f"{base}.json", "md": f"{base}.md",
-            "figure": f"{base}_critical_difference.png"}
+    return LAYOUT.leaderboard(name)
 
 
 def target_leaderboards():
@@ -303,14 +304,14 @@ def leaderboard_spec(wildcards):
 
 
 def selected_path(domain, selection):
-    return f"results/{RESULT_PREFIX}{domain}_{selection}_selected.json"
+    return LAYOUT.selected(domain, selection)
 
 
 def validation_dir(domain, set_id):
     """A validation set's folder, named by its content (``SelectionPlan.set_id``): the set
     under ``set/``, its feature caches under ``features/``, each point's score under
     ``scores/``."""
-    return f"{WORK}/validation/domain_{domain}/{set_id}"
+    return LAYOUT.validation_dir(domain, set_id)
 
 
 def target_selections():
@@ -320,16 +321,16 @@ def target_selections():
 
 def report_selections():
     """Domain x selection target, for the report: its selected JSON and validation set."""
-    return [{"domain": d, "label": f"{RESULT_PREFIX}{d}", "selection": s,
+    return [{"domain": d, "label": LAYOUT.label(d), "selection": s,
              "selected": selected_path(d, s),
-             "set": f"{validation_dir(d, PARAMS.selections[s].set_id)}/set",
-             "manifest": f"{WORK}/manifests/domain_{d}.parquet"}
+             "set": LAYOUT.validation_set(d, PARAMS.selections[s].set_id),
+             "manifest": LAYOUT.manifest(d)}
             for s in PARAMS.target_selections for d in PARAMS.domains]
 
 
 def report_plots():
     """ROC points per domain x experiment (`dvc plots show`); plain files, no folder stamp."""
-    return [f"results/plots/roc/{e['label']}_{e['experiment']}.csv" for e in report_entries()]
+    return [LAYOUT.roc_plot(e["domain"], e["experiment"]) for e in report_entries()]
 
 
 def report_inputs():
@@ -346,8 +347,8 @@ def report_inputs():
 def report_spec():
     return json.dumps({
         "entries": report_entries(), "hypotheses": target_hypotheses(),
-        "summary_md": "results/summary.md", "summary_csv": "results/summary.csv",
-        "figures": "results/figures", "plots": "results/plots/roc",
+        "summary_md": LAYOUT.summary_md(), "summary_csv": LAYOUT.summary_csv(),
+        "figures": LAYOUT.figures(), "plots": LAYOUT.plots(),
         "leaderboards": [leaderboard_paths(name) for name in PARAMS.leaderboards],
         "selections": report_selections(),
     }, sort_keys=True)

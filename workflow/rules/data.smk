@@ -14,7 +14,7 @@ rule synthesize:
     wildcard_constraints:
         synth_domain="|".join(SYNTH_DOMAINS),
     log:
-        f"{WORK}/logs/synthesize/{{synth_domain}}.log",
+        LAYOUT.log("synthesize", "{synth_domain}"),
     shell:
         "python -m hdmap_ad synth --domain {wildcards.synth_domain} --spec {params.spec:q} "
         "--out {output:q} 2> {log:q}"
@@ -31,14 +31,14 @@ rule manifest:
         root=domain_root,
         code=code("hdmap_ad.data.manifest"),
     output:
-        f"{WORK}/manifests/domain_{{domain}}.parquet",
+        LAYOUT.manifest("{domain}"),
     params:
         kind=DATASET.kind,
         spec=manifest_spec(),  # the kind's options (folder: its index file)
         data=data_param,  # content fingerprint: a data change re-runs the manifest
         outdates=domain_outdates,  # renamed *.outdated before a re-run
     log:
-        f"{WORK}/logs/manifest/{{domain}}.log",
+        LAYOUT.log("manifest", "{domain}"),
     shell:
         "python -m hdmap_ad manifest --domain-root {input.root:q} --kind {params.kind:q} "
         "--spec {params.spec:q} --out {output:q} --outdates {params.outdates:q} 2> {log:q}"

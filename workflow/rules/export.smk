@@ -13,18 +13,18 @@ def export_backbone_spec(wildcards):
 
 rule export:
     input:
-        model=f"{WORK}/models/domain_{{domain}}/{{experiment}}",
-        meta=f"{WORK}/models/domain_{{domain}}/{{experiment}}.json",
-        scores=f"{WORK}/scores/domain_{{domain}}/{{experiment}}.parquet",
-        metrics=f"results/{RESULT_PREFIX}{{domain}}_{{experiment}}.json",
+        model=LAYOUT.model_dir("{domain}", "{experiment}"),
+        meta=LAYOUT.model_meta("{domain}", "{experiment}"),
+        scores=LAYOUT.scores("{domain}", "{experiment}"),
+        metrics=LAYOUT.metrics("{domain}", "{experiment}"),
         manifest=manifest_path,
         code=method_code("hdmap_ad.deploy.export"),
     output:
-        directory(f"results/models/{RESULT_PREFIX}{{domain}}_{{experiment}}"),
+        directory(LAYOUT.exported_model("{domain}", "{experiment}")),
     params:
         backbone=export_backbone_spec,
     log:
-        f"{WORK}/logs/export/{{domain}}_{{experiment}}.log",
+        LAYOUT.log("export", "{domain}_{experiment}"),
     shell:
         "python -m hdmap_ad export --backbone-spec {params.backbone:q} --meta {input.meta:q} "
         "--model {input.model:q} --scores {input.scores:q} --metrics {input.metrics:q} "

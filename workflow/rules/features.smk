@@ -12,10 +12,10 @@ for _key, _bb in PARAMS.backbones.items():
             # a checkpoint file is an input: overwriting it re-extracts (content-checked)
             weights=weights_inputs(_bb),
         output:
-            [f"{WORK}/features/domain_{{domain}}/{_key}/{layer}.parquet" for layer in _bb.layers],
+            [LAYOUT.features("{domain}", _key, layer) for layer in _bb.layers],
         params:
             spec=spec_json(_bb),
-            out_dir=f"{WORK}/features/domain_{{domain}}/{_key}",
+            out_dir=LAYOUT.features_dir("{domain}", _key),
             device=PARAMS.device,
             weights_package=weights_package_version(_bb),  # a new release re-extracts
             outdates=domain_outdates,  # renamed *.outdated before a re-run
@@ -23,7 +23,7 @@ for _key, _bb in PARAMS.backbones.items():
         resources:
             gpu=1 if PARAMS.device == "cuda" else 0,
         log:
-            f"{WORK}/logs/extract/{_key}/{{domain}}.log",
+            LAYOUT.log("extract", f"{_key}/{{domain}}"),
         shell:
             "OMP_NUM_THREADS={threads} python -m hdmap_ad extract --manifest {input.manifest:q} "
             "--spec {params.spec:q} --out-dir {params.out_dir:q} --device {params.device:q} "

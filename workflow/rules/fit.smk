@@ -6,15 +6,15 @@ rule fit:
         features=experiment_features,
         code=method_code("hdmap_ad.banks.bank"),
     output:
-        model=directory(f"{WORK}/models/domain_{{domain}}/{{experiment}}"),
-        meta=f"{WORK}/models/domain_{{domain}}/{{experiment}}.json",
+        model=directory(LAYOUT.model_dir("{domain}", "{experiment}")),
+        meta=LAYOUT.model_meta("{domain}", "{experiment}"),
     params:
         spec=experiment_fit_spec,
         outdates=experiment_outdates,  # renamed *.outdated before a re-run
         device=STEP_DEVICE,  # e.g. PatchCore's coreset selection
     threads: STEP_THREADS
     log:
-        f"{WORK}/logs/fit/{{domain}}_{{experiment}}.log",
+        LAYOUT.log("fit", "{domain}_{experiment}"),
     shell:
         "OMP_NUM_THREADS={threads} python -m hdmap_ad fit --manifest {input.manifest:q} "
         "--domain {wildcards.domain} --features {input.features:q} "

@@ -6,15 +6,13 @@ rule leaderboard:
         leaderboard_results,
         code=code("hdmap_ad.report.leaderboard"),
     output:
-        json="results/leaderboards/{leaderboard}.json",
-        md="results/leaderboards/{leaderboard}.md",
-        figure="results/leaderboards/{leaderboard}_critical_difference.png",
+        **leaderboard_paths("{leaderboard}"),
     params:
         spec=leaderboard_spec,
     wildcard_constraints:
         leaderboard=_alternation(PARAMS.leaderboards),
     log:
-        f"{WORK}/logs/leaderboard/{{leaderboard}}.log",
+        LAYOUT.log("leaderboard", "{leaderboard}"),
     shell:
         "python -m hdmap_ad leaderboard --spec {params.spec:q} --out {output.json:q} "
         "--markdown {output.md:q} --figure {output.figure:q} 2> {log:q}"

@@ -1,16 +1,16 @@
 # Metrics JSON per target and the aggregate DVC reads as its metrics file.
 rule metrics:
     input:
-        scores=f"{WORK}/scores/domain_{{domain}}/{{experiment}}.parquet",
-        meta=f"{WORK}/models/domain_{{domain}}/{{experiment}}.json",
+        scores=LAYOUT.scores("{domain}", "{experiment}"),
+        meta=LAYOUT.model_meta("{domain}", "{experiment}"),
         manifest=manifest_path,
         features=experiment_features,
         # + the experiment's method module: its score_counts go into the metrics
         code=method_code("hdmap_ad.metrics.experiment"),
     output:
-        f"results/{RESULT_PREFIX}{{domain}}_{{experiment}}.json",
+        LAYOUT.metrics("{domain}", "{experiment}"),
     log:
-        f"{WORK}/logs/metrics/{{domain}}_{{experiment}}.log",
+        LAYOUT.log("metrics", "{domain}_{experiment}"),
     shell:
         "python -m hdmap_ad metrics --scores {input.scores:q} --meta {input.meta:q} "
         "--manifest {input.manifest:q} --features {input.features:q} "
@@ -23,11 +23,11 @@ rule sweep:
         variants=sweep_results,
         code=code("hdmap_ad.metrics.sweep"),
     output:
-        f"results/{RESULT_PREFIX}{{domain}}_{{sweep}}.json",
+        LAYOUT.metrics("{domain}", "{sweep}"),
     params:
         spec=sweep_spec,
     log:
-        f"{WORK}/logs/sweep/{{domain}}_{{sweep}}.log",
+        LAYOUT.log("sweep", "{domain}_{sweep}"),
     shell:
         "python -m hdmap_ad sweep {input.variants:q} --spec {params.spec:q} --out {output:q} 2> {log:q}"
 
@@ -39,11 +39,11 @@ rule hypothesis:
         scores=hypothesis_scores,
         code=code("hdmap_ad.report.hypothesis"),
     output:
-        "results/hypotheses/{hypothesis}.json",
+        LAYOUT.hypothesis("{hypothesis}"),
     params:
         spec=hypothesis_spec,
     log:
-        f"{WORK}/logs/hypothesis/{{hypothesis}}.log",
+        LAYOUT.log("hypothesis", "{hypothesis}"),
     shell:
         "python -m hdmap_ad hypothesis --spec {params.spec:q} --out {output:q} 2> {log:q}"
 
@@ -54,13 +54,13 @@ rule aggregate:
         variants=target_variant_results(),
         code=code("hdmap_ad.metrics.summary"),
     output:
-        json="results/metrics.json",
-        md="results/summary.md",
-        csv="results/summary.csv",
+        json=LAYOUT.aggregate(),
+        md=LAYOUT.summary_md(),
+        csv=LAYOUT.summary_csv(),
     params:
         entries=entries_spec(),
     log:
-        f"{WORK}/logs/aggregate.log",
+        LAYOUT.log("aggregate"),
     shell:
         "python -m hdmap_ad aggregate {input.variants:q} --out {output.json:q} "
         "--markdown {output.md:q} --csv {output.csv:q} --entries {params.entries:q} 2> {log:q}"
@@ -71,16 +71,16 @@ rule report:
     input:
         report_inputs(),
         target_hypotheses(),
-        "results/summary.md",
-        "results/summary.csv",
+        LAYOUT.summary_md(),
+        LAYOUT.summary_csv(),
         code=code("hdmap_ad.report.build"),
     output:
-        md="results/report.md",
-        figures=directory("results/figures"),
+        md=LAYOUT.report(),
+        figures=directory(LAYOUT.figures()),
         plots=report_plots(),
     params:
         spec=report_spec(),
     log:
-        f"{WORK}/logs/report.log",
+        LAYOUT.log("report"),
     shell:
         "python -m hdmap_ad report --spec {params.spec:q} --out {output.md:q} 2> {log:q}"

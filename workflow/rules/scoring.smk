@@ -3,18 +3,18 @@ rule score:
     input:
         manifest=manifest_path,
         features=experiment_features,
-        model=f"{WORK}/models/domain_{{domain}}/{{experiment}}",
-        meta=f"{WORK}/models/domain_{{domain}}/{{experiment}}.json",
+        model=LAYOUT.model_dir("{domain}", "{experiment}"),
+        meta=LAYOUT.model_meta("{domain}", "{experiment}"),
         code=method_code("hdmap_ad.scoring.score"),
     output:
-        f"{WORK}/scores/domain_{{domain}}/{{experiment}}.parquet",
+        LAYOUT.scores("{domain}", "{experiment}"),
     params:
         spec=experiment_spec,
         outdates=experiment_outdates,  # renamed *.outdated before a re-run
         device=STEP_DEVICE,  # exact search, with a faiss GPU build
     threads: STEP_THREADS
     log:
-        f"{WORK}/logs/score/{{domain}}_{{experiment}}.log",
+        LAYOUT.log("score", "{domain}_{experiment}"),
     shell:
         "OMP_NUM_THREADS={threads} python -m hdmap_ad score --manifest {input.manifest:q} "
         "--domain {wildcards.domain} --features {input.features:q} --model {input.model:q} "

@@ -12,15 +12,14 @@ def validation_set_spec(wildcards):
 
 def validation_set_features(wildcards):
     """The set's feature caches an experiment reads (its layers, then its input_map's)."""
-    base = validation_dir(wildcards.domain, wildcards.vset)
-    return [f"{base}/features/{backbone}/{layer}.parquet"
+    return [LAYOUT.validation_features(wildcards.domain, wildcards.vset, backbone, layer)
             for backbone, layer in PARAMS.feature_sources(wildcards.experiment)]
 
 
 def _selection_files(wildcards):
     plan = PARAMS.selections[wildcards.selection]
-    base = validation_dir(wildcards.domain, plan.set_id)
-    return ([f"{base}/scores/{p.key}.json" for p in plan.points],
+    return ([LAYOUT.validation_scores(wildcards.domain, plan.set_id, p.key)
+             for p in plan.points],
             [result_path(wildcards.domain, p.key) for p in plan.points])
 
 
@@ -41,13 +40,13 @@ rule validation_set:
         manifest=manifest_path,
         code=code("hdmap_ad.validation.build"),
     output:
-        directory(f"{WORK}/validation/domain_{{domain}}/{{vset}}/set"),
+        directory(LAYOUT.validation_set("{domain}", "{vset}")),
     params:
         spec=validation_set_spec,
     wildcard_constraints:
         vset=_alternation(VALIDATION_SETS),
     log:
-        f"{WORK}/logs/validation_set/{{domain}}_{{vset}}.log",
+        LAYOUT.log("validation_set", "{domain}_{vset}"),
     shell:
         "python -m hdmap_ad validation-set --manifest {input.manifest:q} "
         "--spec {params.spec:q} --out {output:q} 2> {log:q}"
@@ -60,15 +59,15 @@ for _key, _bb in PARAMS.backbones.items():
         name:
             f"validation_extract_{_key}"
         input:
-            set=f"{WORK}/validation/domain_{{domain}}/{{vset}}/set",
+            set=LAYOUT.validation_set("{domain}", "{vset}"),
             code=code("hdmap_ad.features.extract", "hdmap_ad.provenance"),
             weights=weights_inputs(_bb),
         output:
-            [f"{WORK}/validation/domain_{{domain}}/{{vset}}/features/{_key}/{layer}.parquet"
+            [LAYOUT.validation_features("{domain}", "{vset}", _key, layer)
              for layer in _bb.layers],
         params:
             spec=spec_json(_bb),
-            out_dir=f"{WORK}/validation/domain_{{domain}}/{{vset}}/features/{_key}",
+            out_dir=LAYOUT.validation_features_dir("{domain}", "{vset}", _key),
             device=PARAMS.device,
             weights_package=weights_package_version(_bb),
         wildcard_constraints:
@@ -77,7 +76,7 @@ for _key, _bb in PARAMS.backbones.items():
         resources:
             gpu=1 if PARAMS.device == "cuda" else 0,
         log:
-            f"{WORK}/logs/validation_extract/{_key}/{{domain}}_{{vset}}.log",
+            LAYOUT.log("validation_extract", f"{_key}/{{domain}}_{{vset}}"),
         shell:
             "OMP_NUM_THREADS={threads} python -m hdmap_ad extract "
             "--manifest {input.set:q}/manifest.parquet --spec {params.spec:q} "
@@ -88,15 +87,15 @@ rule validation_score:
     """Validation AUROC of one grid point: its fold models score the set's anomalies and
     the held-out references."""
     input:
-        set=f"{WORK}/validation/domain_{{domain}}/{{vset}}/set",
+        set=LAYOUT.validation_set("{domain}", "{vset}"),
         set_features=validation_set_features,
         manifest=manifest_path,
         features=experiment_features,
-        model=f"{WORK}/models/domain_{{domain}}/{{experiment}}",
-        meta=f"{WORK}/models/domain_{{domain}}/{{experiment}}.json",
+        model=LAYOUT.model_dir("{domain}", "{experiment}"),
+        meta=LAYOUT.model_meta("{domain}", "{experiment}"),
         code=method_code("hdmap_ad.validation.score"),
     output:
-        f"{WORK}/validation/domain_{{domain}}/{{vset}}/scores/{{experiment}}.json",
+        LAYOUT.validation_scores("{domain}", "{vset}", "{experiment}"),
     params:
         spec=experiment_spec,
         device=STEP_DEVICE,
@@ -104,7 +103,7 @@ rule validation_score:
         vset=_alternation(VALIDATION_SETS),
     threads: STEP_THREADS
     log:
-        f"{WORK}/logs/validation_score/{{domain}}_{{vset}}_{{experiment}}.log",
+        LAYOUT.log("validation_score", "{domain}_{vset}_{experiment}"),
     shell:
         "OMP_NUM_THREADS={threads} python -m hdmap_ad validation-score --spec {params.spec:q} "
         "--set {input.set:q} --set-features {input.set_features:q} "
@@ -119,12 +118,12 @@ rule select:
         selection_inputs,
         code=code("hdmap_ad.selection.choose"),
     output:
-        f"results/{RESULT_PREFIX}{{domain}}_{{selection}}_selected.json",
+        LAYOUT.selected("{domain}", "{selection}"),
     params:
         spec=selection_spec,
     wildcard_constraints:
         selection=_alternation(PARAMS.selections),
     log:
-        f"{WORK}/logs/select/{{domain}}_{{selection}}.log",
+        LAYOUT.log("select", "{domain}_{selection}"),
     shell:
         "python -m hdmap_ad select --spec {params.spec:q} --out {output:q} 2> {log:q}"
