@@ -95,21 +95,25 @@ def bench_params(quick: bool) -> dict:
 
 
 def lay_project(root: Path, params: dict) -> None:
-    """The pipeline's Snakefile, rules and profiles in ``root`` (code from this checkout)."""
+    """The pipeline's Snakefile, rules, profiles and code in ``root`` (a snapshot of this
+    checkout: an edit made here while the benchmark runs re-runs nothing there)."""
     import yaml
 
     root.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "workflow", "profiles"):
+    for name in ("Snakefile", "workflow", "profiles", "src"):
         src, dst = REPO / name, root / name
         if dst.is_dir():
             shutil.rmtree(dst)
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(src, dst)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def snakemake(root: Path, cores: int, targets: list[str]) -> float:
     """Run Snakemake on ``targets`` in ``root`` (its progress lines echoed); wall seconds."""
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"),
+    env = {**os.environ, "PYTHONPATH": str(root / "src"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     t0 = time.perf_counter()
     proc = subprocess.Popen(["snakemake", "--cores", str(cores), "--profile",
