@@ -165,19 +165,21 @@ def grid_figures(val: list[float], test: list[float], sizes: list[int], default:
 def collect(root: Path, params: dict) -> list[dict]:
     """One row per domain x method x recipe x strength bin."""
     from hdmap_ad.config import parse_params
+    from hdmap_ad.layout import RunLayout
 
     p = parse_params(params)
+    at = RunLayout(root=str(root), result_prefix=p.dataset.result_prefix)
     rows = []
     for key, plan in p.selections.items():
         if "_" not in key or key.split("_", 1)[1] not in RECIPES:
             continue  # the demo's own selection
         method, recipe = key.split("_", 1)
         for d in p.domains:
-            sel = json.loads((root / f"results/domain{d}_{key}_selected.json").read_text())
+            sel = json.loads(Path(at.selected(d, key)).read_text())
             test = [g["test"]["auroc"] for g in sel["grid"]]
             sizes = [g["model_bytes"] for g in sel["grid"]]
-            vals = [json.loads((root / f"work/validation/domain_{d}/{plan.set_id}/scores/"
-                                f"{pt.key}.json").read_text()) for pt in plan.points]
+            vals = [json.loads(Path(at.validation_scores(d, plan.set_id, pt.key)).read_text())
+                    for pt in plan.points]
             for which in ("all", *BINS):
                 val = [bin_auroc(v, which) for v in vals]
                 if any(v is None for v in val):
@@ -249,26 +251,26 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from hdmap_ad.config import parse_params
+    from hdmap_ad.layout import RunLayout
 
     root = Path(args.project)
     params = bench_params(args.quick)
     lay_project(root, params)
     p = parse_params(params)
+    at = RunLayout(result_prefix=p.dataset.result_prefix)  # targets, relative to the project
     t0 = time.perf_counter()
     demo_base = demo_added = None
     if not args.quick:
         print("features of every domain (shared with the demo)", file=sys.stderr)
-        snakemake(root, args.cores, [f"work/features/domain_{d}/effnet_lite2/{la}.parquet"
+        snakemake(root, args.cores, [at.features(d, "effnet_lite2", la)
                                      for d in p.domains for la in ("blocks.2", "blocks.4")])
         print("the demo's gated runs", file=sys.stderr)
-        demo_base = snakemake(root, args.cores, [f"results/domain{d}_gated.json"
-                                                 for d in p.domains])
+        demo_base = snakemake(root, args.cores, [at.metrics(d, "gated") for d in p.domains])
         print("what the demo's selected experiment adds", file=sys.stderr)
-        demo_added = snakemake(root, args.cores, [f"results/domain{d}_gated_select_selected.json"
+        demo_added = snakemake(root, args.cores, [at.selected(d, "gated_select")
                                                   for d in p.domains])
     print("the grids", file=sys.stderr)
-    snakemake(root, args.cores, [f"results/domain{d}_{s}_selected.json"
-                                 for s in p.selections for d in p.domains])
+    snakemake(root, args.cores, [at.selected(d, s) for s in p.selections for d in p.domains])
     rows = collect(root, params)
     result = {
         "mode": "quick" if args.quick else "full",
