@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from hdmap_ad.errors import InputError
+from hdmap_ad.layout import RunLayout
 
 #: Set (``python -m hdmap_ad app --allow-stale``): exported models whose experiment has re-run
 #: since their export are used anyway (``hdmap_ad.deploy.bundle.verify_bundle``).
@@ -80,29 +81,30 @@ class Run:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.results = self.root / "results"
-        self.work = self.root / "work"
+        self.layout = RunLayout(str(self.root))
+        self.results = Path(self.layout.results_dir)
+        self.work = Path(self.layout.work_dir)
 
-    # -- paths --------------------------------------------------------------------------------
+    # -- paths (hdmap_ad.layout) --------------------------------------------------------------
     def scores_path(self, t: Target) -> Path:
-        return self.work / "scores" / f"domain_{t.domain}" / f"{t.experiment}.parquet"
+        return Path(self.layout.scores(t.domain, t.experiment))
 
     def model_meta_path(self, t: Target) -> Path:
-        return self.work / "models" / f"domain_{t.domain}" / f"{t.experiment}.json"
+        return Path(self.layout.model_meta(t.domain, t.experiment))
 
     def model_dir(self, t: Target) -> Path:
-        return self.work / "models" / f"domain_{t.domain}" / t.experiment
+        return Path(self.layout.model_dir(t.domain, t.experiment))
 
     def manifest_path(self, domain: str) -> Path:
-        return self.work / "manifests" / f"domain_{domain}.parquet"
+        return Path(self.layout.manifest(domain))
 
     def exported_path(self, t: Target) -> Path:
-        return self.results / "models" / t.name
+        return Path(self.layout.exported(t.name))
 
     def signature(self) -> tuple[tuple[str, float], ...]:
         """(path, mtime) of every results JSON: a cache key that changes with the results."""
         files = sorted(self.results.glob("*.json")) + sorted(
-            (self.results / "hypotheses").glob("*.json"))
+            Path(self.layout.hypotheses_dir()).glob("*.json"))
         return tuple((str(p), p.stat().st_mtime) for p in files if p.is_file())
 
     # -- results page -------------------------------------------------------------------------
@@ -137,7 +139,7 @@ class Run:
         """One row per hypothesis x domain x (budget, seed): the deltas of AUROC and of the
         deployable accuracy (b - a) with their 95% intervals, and the verdicts."""
         rows = []
-        for path in sorted((self.results / "hypotheses").glob("*.json")):
+        for path in sorted(Path(self.layout.hypotheses_dir()).glob("*.json")):
             h = _read_json(path)
             if not h or "results" not in h:
                 continue
@@ -175,7 +177,7 @@ class Run:
         first: average rank, mean and each domain's value), "figure" (the CD diagram's path,
         None when missing)}``."""
         out = []
-        for path in sorted((self.results / "leaderboards").glob("*.json")):
+        for path in sorted(Path(self.layout.leaderboards_dir()).glob("*.json")):
             lb = _read_json(path)
             if not lb or "ranking" not in lb or "table" not in lb:
                 continue
@@ -470,10 +472,11 @@ class Inspector:
         from hdmap_ad.features.descriptors import DescriptorSource
 
         exp = self.experiment
-        domain = self.run.work / "features" / f"domain_{self.target.domain}"
-        paths = [str(domain / exp.backbone / f"{layer}.parquet") for layer in exp.layers]
+        lay, domain = self.run.layout, self.target.domain
+        paths = [str(Path(lay.features(domain, exp.backbone, layer))) for layer in exp.layers]
         # input_map names a raw backbone with one layer: its one cache file
-        inputs = sorted((domain / exp.input_map).glob("*.parquet")) if exp.input_map else []
+        inputs = (sorted(Path(lay.features_dir(domain, exp.input_map)).glob("*.parquet"))
+                  if exp.input_map else [])
         return DescriptorSource(paths, [image_id], exp.descriptor, f"experiments.{exp.key}",
                                 input_path=str(inputs[0]) if inputs else None)()
 

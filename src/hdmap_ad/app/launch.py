@@ -10,6 +10,7 @@ from pathlib import Path
 
 from hdmap_ad.app.data import ALLOW_STALE_ENV
 from hdmap_ad.errors import InputError
+from hdmap_ad.layout import RunLayout
 
 SCRIPT = Path(__file__).with_name("main.py")
 
@@ -29,7 +30,7 @@ def app_env(root: str | Path, allow_stale: bool = False) -> dict[str, str]:
     """The environment the app reads its run folder from (``HDMAP_AD_ROOT``), and whether it
     may use stale exported models (``HDMAP_AD_ALLOW_STALE``, :mod:`hdmap_ad.app.data`)."""
     root = Path(root)
-    if not (root / "results").is_dir():
+    if not Path(RunLayout(str(root)).results_dir).is_dir():
         raise InputError(f"{root}: no results/ folder; run `make demo` (or snakemake) first, "
                          "or pass --root <project folder>")
     env = {**os.environ, "HDMAP_AD_ROOT": str(root.resolve())}
@@ -40,6 +41,8 @@ def app_env(root: str | Path, allow_stale: bool = False) -> dict[str, str]:
 def run_app(root: str | Path = ".", port: int = 8501, address: str | None = "localhost",
             allow_stale: bool = False) -> int:
     """Run the app in the foreground until Ctrl-C; returns Streamlit's exit status."""
+    if not 1 <= port <= 65535:
+        raise InputError(f"--port: {port} is not a TCP port (1-65535)")
     if importlib.util.find_spec("streamlit") is None:
         raise InputError("the app needs Streamlit: pip install -e '.[app]'")
     env = app_env(root, allow_stale)

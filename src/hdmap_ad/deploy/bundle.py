@@ -52,6 +52,7 @@ from hdmap_ad.config import BackboneConfig, ExperimentConfig
 from hdmap_ad.errors import InputError
 from hdmap_ad.gating import GateFit, get_gate
 from hdmap_ad.io import read_json
+from hdmap_ad.layout import RunLayout
 from hdmap_ad.methods import FitContext, FittedModel, load_model
 from hdmap_ad.methods.base import STATE_FORMATS, check_finite_state, state_file
 
@@ -298,8 +299,9 @@ def default_work(folder: str | Path) -> Path | None:
     """The run's ``work/`` of a model folder at the pipeline's place,
     ``<project>/results/models/<name>`` -> ``<project>/work``; None elsewhere."""
     here = Path(folder).resolve()
-    if here.parent.name == "models" and here.parent.parent.name == "results":
-        return here.parent.parent.parent / "work"
+    project = RunLayout(str(here.parent.parent.parent))
+    if str(here.parent) == project.exported_models_dir():
+        return Path(project.work_dir)
     return None
 
 
@@ -308,10 +310,11 @@ def run_files(meta: dict[str, Any], work: Path) -> dict[str, Path]:
     ``provenance.exported_from`` records their sha256: the fit step's metadata, the scores,
     and the metrics JSON (``<work>/../results/<name>.json``, the pipeline's layout)."""
     d, e = meta["domain"], meta["experiment"]["key"]
+    lay = RunLayout(str(work.parent), work=work.name)
     return {
-        "model_meta_sha256": work / "models" / f"domain_{d}" / f"{e}.json",
-        "scores_sha256": work / "scores" / f"domain_{d}" / f"{e}.parquet",
-        "metrics_sha256": work.parent / "results" / f"{meta['name']}.json",
+        "model_meta_sha256": Path(lay.model_meta(d, e)),
+        "scores_sha256": Path(lay.scores(d, e)),
+        "metrics_sha256": Path(lay.result(meta["name"])),
     }
 
 

@@ -32,6 +32,7 @@ from hdmap_ad.deploy.bundle import (
 )
 from hdmap_ad.errors import InputError
 from hdmap_ad.io import read_json, write_json
+from hdmap_ad.layout import RunLayout
 from hdmap_ad.methods.base import state_file
 from hdmap_ad.outputs import FOLDER, check_output, replacing_folder
 
@@ -347,12 +348,11 @@ def export_cli(args: Any, backbone_spec: dict[str, Any] | None = None) -> None:
             raise InputError(f"--experiment: {args.experiment!r} is not an experiment of "
                              f"{args.params} ({sorted(params.experiments)})")
         exp = params.experiments[args.experiment]
-        d, e, work = args.domain, args.experiment, args.work
-        target = f"{params.dataset.result_prefix}{d}_{e}"
-        export_model(params.backbones[exp.backbone], f"{work}/models/domain_{d}/{e}.json",
-                     f"{work}/models/domain_{d}/{e}", f"{work}/scores/domain_{d}/{e}.parquet",
-                     f"results/{target}.json", args.out or f"results/models/{target}",
-                     args.manifest or f"{work}/manifests/domain_{d}.parquet",
+        d, e = args.domain, args.experiment
+        lay = RunLayout(work=args.work, result_prefix=params.dataset.result_prefix)
+        export_model(params.backbones[exp.backbone], lay.model_meta(d, e), lay.model_dir(d, e),
+                     lay.scores(d, e), lay.metrics(d, e), args.out or lay.exported_model(d, e),
+                     args.manifest or lay.manifest(d),
                      force=getattr(args, "force", False), inputs=(args.params,))
         return
     missing = [f"--{k.replace('_', '-')}" for k in
