@@ -156,3 +156,31 @@ def test_fit_records_its_threads_in_the_model_metadata_not_the_metrics(tmp_path,
 
     scores_meta = json.loads(pq.read_table(tmp_path / "s.parquet").schema.metadata[b"hdmap_ad"])
     assert scores_meta["threads"] == 1
+
+
+def test_parser_is_built_from_the_step_table(capsys):
+    import argparse
+
+    from hdmap_ad.cli import STEPS, Step, build_parser, opt
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    names = [n for s in STEPS for n in (s.name, *s.aliases)]
+    assert list(sub.choices) == names and len(set(names)) == len(names)
+    for s in STEPS:
+        assert sub.choices[s.name].get_default("func") is s.run
+    assert sub.choices["bank"] is sub.choices["fit"]
+
+    # a toy row becomes a sub-command with its options, and main runs its function
+    seen = []
+    toy = Step("toy", "a toy step", lambda a: seen.append((a.size, a.names)) or 3,
+               (opt("--size", type=int, default=2, help="how big"),
+                opt("--names", nargs="+", required=True)))
+    parser = build_parser((*STEPS, toy))
+    args = parser.parse_args(["toy", "--names", "a", "b"])
+    assert (args.step, args.size, args.names, args.func(args)) == ("toy", 2, ["a", "b"], 3)
+    assert seen == [(2, ["a", "b"])]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["toy", "--help"])
+    assert "how big" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["toy"])

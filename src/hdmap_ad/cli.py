@@ -3,6 +3,10 @@
 Each step gets the JSON of exactly the config block it uses (``--spec``), so it is usable
 without Snakemake and Snakemake's params trigger re-runs only what a change touches.
 Bad input exits with code 2 and one line naming the file or key; no output is left behind.
+
+The parser is generated from :data:`STEPS`, one :class:`Step` row per step (name, help,
+options, function); a ``cmd_*`` turns the parsed flags into one call of the module that holds
+the step.
 """
 
 from __future__ import annotations
@@ -10,10 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hdmap_ad.errors import InputError
+from hdmap_ad.layout import WORK
 
 
 def _spec(text: str) -> dict[str, Any]:
@@ -59,6 +66,9 @@ def cmd_manifest(args: argparse.Namespace) -> None:
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
+    # The one step whose glue stays here: its home, features/, sits below provenance
+    # (data_hash), and a new module among the extract rule's code inputs would re-extract
+    # every run's features.
     from hdmap_ad.config import BackboneConfig
     from hdmap_ad.data.manifest import read_manifest
     from hdmap_ad.features.extract import extract_to_cache
@@ -116,35 +126,16 @@ def cmd_metrics(args: argparse.Namespace) -> None:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
-    import csv
-    import io
+    from hdmap_ad.metrics.summary import aggregate_step
 
-    from hdmap_ad.io import atomic_path, read_json, write_json
-    from hdmap_ad.metrics.summary import compact, markdown, summary_rows, target_name
-
-    by_target = {target_name(p): read_json(p) for p in args.inputs}
-    table = compact(by_target)
-    write_json(args.out, table)
-    if args.markdown:
-        with atomic_path(args.markdown) as tmp:
-            tmp.write_text(markdown(table))
-    if args.csv:
-        rows = summary_rows(_spec(args.entries)["entries"], by_target)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        with atomic_path(args.csv) as tmp:
-            tmp.write_text(buf.getvalue())
+    aggregate_step(args.inputs, args.out, args.markdown, args.csv,
+                   _spec(args.entries)["entries"] if args.csv else None)
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from hdmap_ad.io import read_json, write_json
-    from hdmap_ad.metrics.sweep import summarize_sweep
+    from hdmap_ad.metrics.sweep import sweep_step
 
-    spec = _spec(args.spec)
-    write_json(args.out, summarize_sweep(spec["sweep"], spec["variants"],
-                                         [read_json(p) for p in args.inputs]))
+    sweep_step(_spec(args.spec), args.inputs, args.out)
 
 
 def cmd_hypothesis(args: argparse.Namespace) -> None:
@@ -155,20 +146,9 @@ def cmd_hypothesis(args: argparse.Namespace) -> None:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> None:
-    from hdmap_ad.config import LeaderboardConfig
-    from hdmap_ad.report.leaderboard import leaderboard_step
+    from hdmap_ad.report.leaderboard import leaderboard_cli
 
-    spec = _spec(args.spec)
-    results = spec.pop("results", None)
-    if not isinstance(results, dict):
-        raise InputError("--spec: expected results: {domain: {experiment: metrics JSON}}")
-    cfg = LeaderboardConfig.from_dict(str(spec.pop("key", "leaderboard")), spec)
-    if not cfg.domains:
-        raise InputError(f"leaderboards.{cfg.key}.domains: the step needs them listed")
-    out = Path(args.out)
-    leaderboard_step({**cfg.to_dict(), "results": results}, out,
-                     args.markdown or out.with_suffix(".md"),
-                     args.figure or out.with_name(f"{out.stem}_critical_difference.png"))
+    leaderboard_cli(_spec(args.spec), args.out, args.markdown, args.figure)
 
 
 def cmd_validation_set(args: argparse.Namespace) -> None:
@@ -212,203 +192,230 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_app(args: argparse.Namespace) -> int:
     from hdmap_ad.app.launch import run_app
 
-    if not 1 <= args.port <= 65535:
-        raise InputError(f"--port: {args.port} is not a TCP port (1-65535)")
     return run_app(args.root, args.port, args.address, allow_stale=args.allow_stale)
 
 
-def _outdates(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--outdates", nargs="*", default=[], metavar="RESULT",
-                   help="results this run replaces: renamed to <result>.outdated first")
+@dataclass(frozen=True)
+class Option:
+    """One argparse argument of a step: its flags and ``add_argument`` keywords. A callable
+    ``choices`` is called when the parser is built (a registry read at that time)."""
+
+    flags: tuple[str, ...]
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        kwargs = dict(self.kwargs)
+        if callable(kwargs.get("choices")):
+            kwargs["choices"] = kwargs["choices"]()
+        parser.add_argument(*self.flags, **kwargs)
 
 
-def _force(s: argparse.ArgumentParser, what: str) -> None:
-    s.add_argument("--force", action="store_true", help=f"{what} (never an input itself, "
-                   "nor the model folder: hdmap_ad.outputs)")
+def opt(*flags: str, **kwargs: Any) -> Option:
+    return Option(flags, kwargs)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m hdmap_ad", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="step", required=True)
+@dataclass(frozen=True)
+class Step:
+    """A row of the step table: ``python -m hdmap_ad <name>`` runs ``run(args)`` with the
+    arguments its ``options`` declare; ``defaults`` are set on the namespace as they are."""
 
-    s = sub.add_parser("validate", help="validate params.yaml against the schema")
-    s.add_argument("--params", default="params.yaml")
-    s.set_defaults(func=cmd_validate)
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace], int | None]
+    options: tuple[Option, ...] = ()
+    aliases: tuple[str, ...] = ()
+    defaults: Mapping[str, Any] = field(default_factory=dict)
 
-    s = sub.add_parser("methods", help="the registered methods and their options (markdown)")
-    s.set_defaults(func=cmd_methods)
 
-    s = sub.add_parser("synth", help="write one synthetic HDMAP domain")
-    s.add_argument("--domain", required=True, help="A | B | C | D")
-    s.add_argument("--spec", required=True, help="JSON of dataset.synthetic")
-    s.add_argument("--out", required=True, help="domain folder to write (replaced)")
-    _force(s, "replace a non-empty --out folder that hdmap-ad did not make")
-    s.set_defaults(func=cmd_synth)
+OUTDATES = opt("--outdates", nargs="*", default=[], metavar="RESULT",
+               help="results this run replaces: renamed to <result>.outdated first")
+QUIET = opt("--quiet", action="store_true", help="no progress bar")
 
+
+def _force(what: str) -> Option:
+    return opt("--force", action="store_true", help=f"{what} (never an input itself, "
+               "nor the model folder: hdmap_ad.outputs)")
+
+
+def _kind_names() -> list[str]:
     from hdmap_ad.data.kinds import kind_names
 
-    s = sub.add_parser("manifest", help="scan a domain folder into a Parquet manifest")
-    s.add_argument("--domain-root", required=True)
-    s.add_argument("--kind", default="hdmap", choices=kind_names(),
-                   help="dataset kind: how the domain folder is laid out (hdmap_ad.data.kinds)")
-    s.add_argument("--spec", default="{}", help="JSON of the kind's options (folder: "
-                   '{"index": "samples.csv"}); none for the other kinds')
-    s.add_argument("--out", required=True)
-    _outdates(s)
-    s.set_defaults(func=cmd_manifest)
+    return kind_names()
 
-    s = sub.add_parser("extract", help="cache features of every map, one Parquet per layer")
-    s.add_argument("--manifest", required=True)
-    s.add_argument("--spec", required=True, help="JSON of one backbones entry (with key)")
-    s.add_argument("--out-dir", required=True)
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
-    _outdates(s)
-    # extraction outdates only the results built on its own backbone (hdmap_ad.outdated)
-    s.set_defaults(func=cmd_extract, outdates_backbone=lambda a: _spec(a.spec).get("key"))
 
-    for name, helptext in (
-        ("fit", "fit the experiment's method: one sub-model per condition (or one mixed)"),
-        ("score", "score the test maps of a domain with a fitted experiment"),
-    ):
-        # ``bank`` / ``--bank``: the names of these before methods other than PatchCore
-        s = sub.add_parser(name, help=helptext, aliases=["bank"] if name == "fit" else [])
-        s.add_argument("--manifest", required=True)
-        s.add_argument("--features", nargs="+", required=True, help="per-layer caches")
-        s.add_argument("--spec", required=True, help="JSON of one experiments entry (with key)")
-        s.add_argument("--meta", required=True, help="model metadata JSON")
-        s.add_argument("--domain", default="", help="domain name recorded in provenance")
-        if name == "score":
-            s.add_argument("--model", "--bank", dest="model", required=True,
-                           help="model folder written by the fit step")
-            s.add_argument("--quiet", action="store_true", help="no progress bar")
-        s.add_argument("--device", default="cpu", help=(
+def _fit_score_options(name: str) -> tuple[Option, ...]:
+    # ``bank`` / ``--bank``: the names of these before methods other than PatchCore
+    return (
+        opt("--manifest", required=True),
+        opt("--features", nargs="+", required=True, help="per-layer caches"),
+        opt("--spec", required=True, help="JSON of one experiments entry (with key)"),
+        opt("--meta", required=True, help="model metadata JSON"),
+        opt("--domain", default="", help="domain name recorded in provenance"),
+        *((opt("--model", "--bank", dest="model", required=True,
+               help="model folder written by the fit step"), QUIET) if name == "score" else ()),
+        opt("--device", default="cpu", help=(
             "cpu | cuda | auto: where the fit runs (PatchCore: the coreset selection)"
             if name == "fit" else
             "cpu | cuda | auto: exact test-set search on a GPU when faiss has GPU support "
-            "(faiss-cpu: always the CPU)"))
-        s.add_argument("--out", required=True,
-                       help="model folder to write" if name == "fit" else "scores Parquet")
-        _outdates(s)
-        s.set_defaults(func=cmd_fit if name == "fit" else cmd_score)
+            "(faiss-cpu: always the CPU)")),
+        opt("--out", required=True,
+            help="model folder to write" if name == "fit" else "scores Parquet"),
+        OUTDATES,
+    )
 
-    s = sub.add_parser("metrics", help="metrics JSON of one domain x experiment")
-    s.add_argument("--scores", required=True)
-    s.add_argument("--meta", required=True)
-    s.add_argument("--manifest", required=True)
-    s.add_argument("--features", nargs="+", required=True)
-    s.add_argument("--domain", required=True)
-    s.add_argument("--out", required=True)
-    s.set_defaults(func=cmd_metrics)
 
-    s = sub.add_parser("aggregate", help="collect metrics JSONs into results/metrics.json")
-    s.add_argument("inputs", nargs="+")
-    s.add_argument("--out", required=True)
-    s.add_argument("--markdown", help="also write the table as markdown")
-    s.add_argument("--csv", help="also write summary.csv (needs --entries)")
-    s.add_argument("--entries", default='{"entries": []}',
-                   help="JSON: target -> domain/experiment/variant/budget/seed")
-    s.set_defaults(func=cmd_aggregate)
+#: Every step, in the order of ``--help``: the parser is built from this table.
+STEPS: tuple[Step, ...] = (
+    Step("validate", "validate params.yaml against the schema", cmd_validate,
+         (opt("--params", default="params.yaml"),)),
+    Step("methods", "the registered methods and their options (markdown)", cmd_methods),
+    Step("synth", "write one synthetic HDMAP domain", cmd_synth, (
+        opt("--domain", required=True, help="A | B | C | D"),
+        opt("--spec", required=True, help="JSON of dataset.synthetic"),
+        opt("--out", required=True, help="domain folder to write (replaced)"),
+        _force("replace a non-empty --out folder that hdmap-ad did not make"),
+    )),
+    Step("manifest", "scan a domain folder into a Parquet manifest", cmd_manifest, (
+        opt("--domain-root", required=True),
+        opt("--kind", default="hdmap", choices=_kind_names,
+            help="dataset kind: how the domain folder is laid out (hdmap_ad.data.kinds)"),
+        opt("--spec", default="{}", help="JSON of the kind's options (folder: "
+            '{"index": "samples.csv"}); none for the other kinds'),
+        opt("--out", required=True),
+        OUTDATES,
+    )),
+    Step("extract", "cache features of every map, one Parquet per layer", cmd_extract, (
+        opt("--manifest", required=True),
+        opt("--spec", required=True, help="JSON of one backbones entry (with key)"),
+        opt("--out-dir", required=True),
+        opt("--device", default="cpu"),
+        QUIET,
+        OUTDATES,
+    ), defaults={
+        # extraction outdates only the results built on its own backbone (hdmap_ad.outdated)
+        "outdates_backbone": lambda a: _spec(a.spec).get("key")}),
+    Step("fit", "fit the experiment's method: one sub-model per condition (or one mixed)",
+         cmd_fit, _fit_score_options("fit"), aliases=("bank",)),
+    Step("score", "score the test maps of a domain with a fitted experiment", cmd_score,
+         _fit_score_options("score")),
+    Step("metrics", "metrics JSON of one domain x experiment", cmd_metrics, (
+        opt("--scores", required=True),
+        opt("--meta", required=True),
+        opt("--manifest", required=True),
+        opt("--features", nargs="+", required=True),
+        opt("--domain", required=True),
+        opt("--out", required=True),
+    )),
+    Step("aggregate", "collect metrics JSONs into results/metrics.json", cmd_aggregate, (
+        opt("inputs", nargs="+"),
+        opt("--out", required=True),
+        opt("--markdown", help="also write the table as markdown"),
+        opt("--csv", help="also write summary.csv (needs --entries)"),
+        opt("--entries", default='{"entries": []}',
+            help="JSON: target -> domain/experiment/variant/budget/seed"),
+    )),
+    Step("sweep", "mean and spread over a sweep's seeds, per budget", cmd_sweep, (
+        opt("inputs", nargs="+", help="the variants' metrics JSONs, in spec order"),
+        opt("--spec", required=True, help='JSON {"sweep", "variants": [...]}'),
+        opt("--out", required=True),
+    )),
+    Step("hypothesis", "paired bootstrap verdict of a hypothesis", cmd_hypothesis, (
+        opt("--spec", required=True, help="JSON: the hypothesis and its score pairs"),
+        opt("--out", required=True),
+    )),
+    Step("leaderboard", "rank experiments over domains (Demšar 2006): "
+         "Friedman, Nemenyi CD, Holm-corrected Wilcoxon, CD diagram", cmd_leaderboard, (
+             opt("--spec", required=True, help="JSON: one leaderboards entry (with key) "
+                 "and results: {domain: {experiment: metrics JSON}}"),
+             opt("--out", required=True, help="leaderboard JSON"),
+             opt("--markdown", help="markdown table (default: --out with .md)"),
+             opt("--figure", help="CD diagram PNG (default: <out>_critical_difference.png)"),
+         )),
+    Step("validation-set", "synthetic anomalies made from an experiment's "
+         "held-out references, per reference fold (a validation set)", cmd_validation_set, (
+             opt("--spec", required=True, help="JSON: a selection's validation set spec "
+                 "(validation entry, references, gate, deploy_folds)"),
+             opt("--manifest", required=True, help="the domain manifest"),
+             opt("--out", required=True, help="the set's folder (replaced)"),
+             QUIET,
+         )),
+    Step("validation-score", "validation AUROC of a fitted experiment on "
+         "a validation set (its reference-fold models)", cmd_validation_score, (
+             opt("--spec", required=True, help="JSON of one experiments entry (with key)"),
+             opt("--set", required=True, help="the validation set's folder"),
+             opt("--set-features", nargs="+", required=True,
+                 help="the set's per-layer caches"),
+             opt("--manifest", required=True, help="the domain manifest"),
+             opt("--features", nargs="+", required=True, help="the domain's per-layer caches"),
+             opt("--model", required=True, help="model folder written by the fit step"),
+             opt("--meta", required=True, help="model metadata JSON"),
+             opt("--device", default="cpu", help="cpu | cuda | auto"),
+             opt("--out", required=True, help="validation JSON"),
+         )),
+    Step("select", "choose a selection grid's point by validation AUROC; "
+         "report its test metrics", cmd_select, (
+             opt("--spec", required=True, help="JSON: the selection plan, the domain and "
+                 "per point its validation and metrics JSON"),
+             opt("--out", required=True, help="the selected JSON"),
+         )),
+    Step("report", "results/report.md with tables, verdicts and figures", cmd_report, (
+        opt("--spec", required=True, help="JSON: entries, hypotheses, summary paths"),
+        opt("--out", required=True),
+    )),
+    Step("export", "write a self-contained model folder of one domain x "
+         "experiment (from params, or from explicit pipeline files)", cmd_export, (
+             opt("--domain", help="with --experiment: paths and spec from --params"),
+             opt("--experiment"),
+             opt("--params", default="params.yaml"),
+             opt("--work", default=WORK, help="the pipeline's work folder"),
+             opt("--backbone-spec", help="JSON of one backbones entry (with key)"),
+             opt("--meta", help="model metadata JSON (fit step)"),
+             opt("--model", help="model folder (fit step)"),
+             opt("--scores", help="scores Parquet (score step)"),
+             opt("--metrics", help="metrics JSON (metrics step)"),
+             opt("--manifest", help="domain manifest: also export the reference maps"),
+             opt("--out", help="model folder to write (default results/models/<target>)"),
+             _force("replace a non-empty --out folder that hdmap-ad did not make"),
+         )),
+    Step("predict", "score new maps with an exported model -> CSV", cmd_predict, (
+        opt("--model", required=True, help="model folder written by export"),
+        opt("--input", nargs="+", required=True, help="map files and/or folders"),
+        opt("--out", required=True, help="predictions CSV"),
+        opt("--maps-dir", help="also write anomaly maps into this folder"),
+        opt("--maps-format", default="png", help="png (overlay) | tiff (float32) | both"),
+        opt("--recursive", action="store_true", help="walk input folders recursively"),
+        opt("--device", default="cpu", help="cpu | cuda | auto (backbone)"),
+        opt("--threads", type=int, help="threads of every step (default: all cores, "
+            "up to 16; the run's --cores reproduces its scores exactly)"),
+        opt("--weights", help="local checkpoint to use for a file-weights backbone"),
+        opt("--work", help="the run's work folder, to judge whether the model is "
+            "stale (default: <project>/work of a model in <project>/results/models/)"),
+        opt("--allow-stale", action="store_true",
+            help="use a model whose experiment has re-run since its export"),
+        QUIET,
+        _force("write --out or --maps-dir inside an input folder, and maps into a non-empty "
+               "folder that hdmap-ad did not make"),
+    )),
+    Step("app", "web app over a run's results/ and work/ (Streamlit)", cmd_app, (
+        opt("--root", default=".", help="project folder holding results/ and work/"),
+        opt("--port", type=int, default=8501),
+        opt("--address", default="localhost",
+            help="interface to serve on (0.0.0.0: every interface)"),
+        opt("--allow-stale", action="store_true",
+            help="use exported models whose experiment has re-run since their export"),
+    )),
+)
 
-    s = sub.add_parser("sweep", help="mean and spread over a sweep's seeds, per budget")
-    s.add_argument("inputs", nargs="+", help="the variants' metrics JSONs, in spec order")
-    s.add_argument("--spec", required=True, help='JSON {"sweep", "variants": [...]}')
-    s.add_argument("--out", required=True)
-    s.set_defaults(func=cmd_sweep)
 
-    s = sub.add_parser("hypothesis", help="paired bootstrap verdict of a hypothesis")
-    s.add_argument("--spec", required=True, help="JSON: the hypothesis and its score pairs")
-    s.add_argument("--out", required=True)
-    s.set_defaults(func=cmd_hypothesis)
-
-    s = sub.add_parser("leaderboard", help="rank experiments over domains (Demšar 2006): "
-                       "Friedman, Nemenyi CD, Holm-corrected Wilcoxon, CD diagram")
-    s.add_argument("--spec", required=True, help="JSON: one leaderboards entry (with key) "
-                   "and results: {domain: {experiment: metrics JSON}}")
-    s.add_argument("--out", required=True, help="leaderboard JSON")
-    s.add_argument("--markdown", help="markdown table (default: --out with .md)")
-    s.add_argument("--figure", help="CD diagram PNG (default: <out>_critical_difference.png)")
-    s.set_defaults(func=cmd_leaderboard)
-
-    s = sub.add_parser("validation-set", help="synthetic anomalies made from an experiment's "
-                       "held-out references, per reference fold (a validation set)")
-    s.add_argument("--spec", required=True, help="JSON: a selection's validation set spec "
-                   "(validation entry, references, gate, deploy_folds)")
-    s.add_argument("--manifest", required=True, help="the domain manifest")
-    s.add_argument("--out", required=True, help="the set's folder (replaced)")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(func=cmd_validation_set)
-
-    s = sub.add_parser("validation-score", help="validation AUROC of a fitted experiment on "
-                       "a validation set (its reference-fold models)")
-    s.add_argument("--spec", required=True, help="JSON of one experiments entry (with key)")
-    s.add_argument("--set", required=True, help="the validation set's folder")
-    s.add_argument("--set-features", nargs="+", required=True,
-                   help="the set's per-layer caches")
-    s.add_argument("--manifest", required=True, help="the domain manifest")
-    s.add_argument("--features", nargs="+", required=True, help="the domain's per-layer caches")
-    s.add_argument("--model", required=True, help="model folder written by the fit step")
-    s.add_argument("--meta", required=True, help="model metadata JSON")
-    s.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    s.add_argument("--out", required=True, help="validation JSON")
-    s.set_defaults(func=cmd_validation_score)
-
-    s = sub.add_parser("select", help="choose a selection grid's point by validation AUROC; "
-                       "report its test metrics")
-    s.add_argument("--spec", required=True, help="JSON: the selection plan, the domain and "
-                   "per point its validation and metrics JSON")
-    s.add_argument("--out", required=True, help="the selected JSON")
-    s.set_defaults(func=cmd_select)
-
-    s = sub.add_parser("report", help="results/report.md with tables, verdicts and figures")
-    s.add_argument("--spec", required=True, help="JSON: entries, hypotheses, summary paths")
-    s.add_argument("--out", required=True)
-    s.set_defaults(func=cmd_report)
-
-    s = sub.add_parser("export", help="write a self-contained model folder of one domain x "
-                       "experiment (from params, or from explicit pipeline files)")
-    s.add_argument("--domain", help="with --experiment: paths and spec from --params")
-    s.add_argument("--experiment")
-    s.add_argument("--params", default="params.yaml")
-    s.add_argument("--work", default="work", help="the pipeline's work folder")
-    s.add_argument("--backbone-spec", help="JSON of one backbones entry (with key)")
-    s.add_argument("--meta", help="model metadata JSON (fit step)")
-    s.add_argument("--model", help="model folder (fit step)")
-    s.add_argument("--scores", help="scores Parquet (score step)")
-    s.add_argument("--metrics", help="metrics JSON (metrics step)")
-    s.add_argument("--manifest", help="domain manifest: also export the reference maps")
-    s.add_argument("--out", help="model folder to write (default results/models/<target>)")
-    _force(s, "replace a non-empty --out folder that hdmap-ad did not make")
-    s.set_defaults(func=cmd_export)
-
-    s = sub.add_parser("predict", help="score new maps with an exported model -> CSV")
-    s.add_argument("--model", required=True, help="model folder written by export")
-    s.add_argument("--input", nargs="+", required=True, help="map files and/or folders")
-    s.add_argument("--out", required=True, help="predictions CSV")
-    s.add_argument("--maps-dir", help="also write anomaly maps into this folder")
-    s.add_argument("--maps-format", default="png", help="png (overlay) | tiff (float32) | both")
-    s.add_argument("--recursive", action="store_true", help="walk input folders recursively")
-    s.add_argument("--device", default="cpu", help="cpu | cuda | auto (backbone)")
-    s.add_argument("--threads", type=int, help="threads of every step (default: all cores, "
-                   "up to 16; the run's --cores reproduces its scores exactly)")
-    s.add_argument("--weights", help="local checkpoint to use for a file-weights backbone")
-    s.add_argument("--work", help="the run's work folder, to judge whether the model is "
-                   "stale (default: <project>/work of a model in <project>/results/models/)")
-    s.add_argument("--allow-stale", action="store_true",
-                   help="use a model whose experiment has re-run since its export")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
-    _force(s, "write --out or --maps-dir inside an input folder, and maps into a non-empty "
-           "folder that hdmap-ad did not make")
-    s.set_defaults(func=cmd_predict)
-
-    s = sub.add_parser("app", help="web app over a run's results/ and work/ (Streamlit)")
-    s.add_argument("--root", default=".", help="project folder holding results/ and work/")
-    s.add_argument("--port", type=int, default=8501)
-    s.add_argument("--address", default="localhost",
-                   help="interface to serve on (0.0.0.0: every interface)")
-    s.add_argument("--allow-stale", action="store_true",
-                   help="use exported models whose experiment has re-run since their export")
-    s.set_defaults(func=cmd_app)
+def build_parser(steps: Sequence[Step] = STEPS) -> argparse.ArgumentParser:
+    """The argparse parser, one sub-command per row of ``steps``."""
+    p = argparse.ArgumentParser(prog="python -m hdmap_ad", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="step", required=True)
+    for step in steps:
+        s = sub.add_parser(step.name, help=step.help, aliases=list(step.aliases))
+        for option in step.options:
+            option.add_to(s)
+        s.set_defaults(func=step.run, **step.defaults)
     return p
 
 

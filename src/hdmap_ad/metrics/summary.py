@@ -94,3 +94,30 @@ def summary_rows(
                                                   "budget", "seed")},
                       "domain": "macro", **avg})
     return round_floats(rows + macro)
+
+
+def aggregate_step(inputs: list[str], out: str | Path, markdown_out: str | Path | None = None,
+                   csv_out: str | Path | None = None,
+                   entries: list[dict[str, Any]] | None = None) -> None:
+    """The ``aggregate`` step: every target's metrics JSON -> one compact table (``out``),
+    optionally as markdown and as ``summary.csv`` (rows of :func:`summary_rows` over
+    ``entries``); each file written atomically."""
+    import csv
+    import io
+
+    from hdmap_ad.io import atomic_path, read_json, write_json
+
+    by_target = {target_name(p): read_json(p) for p in inputs}
+    table = compact(by_target)
+    write_json(out, table)
+    if markdown_out:
+        with atomic_path(markdown_out) as tmp:
+            tmp.write_text(markdown(table))
+    if csv_out:
+        rows = summary_rows(entries or [], by_target)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        with atomic_path(csv_out) as tmp:
+            tmp.write_text(buf.getvalue())

@@ -39,3 +39,12 @@ def summarize_sweep(
             **{c: _stats([_get(metrics[i], p) for i in idx]) for c, p in COLUMNS},
         }
     return round_floats({"experiment": sweep, "kind": "sweep", "budgets": budgets})
+
+
+def sweep_step(spec: dict[str, Any], inputs: list[str], out: str) -> None:
+    """The ``sweep`` step: the variants' metrics JSONs (in ``spec["variants"]`` order) ->
+    the sweep's summary JSON."""
+    from hdmap_ad.io import read_json, write_json
+
+    write_json(out, summarize_sweep(spec["sweep"], spec["variants"],
+                                    [read_json(p) for p in inputs]))

@@ -446,3 +446,23 @@ def report_lines(leaderboards: list[dict[str, str]], out_dir: str | Path) -> lis
                   *summary_lines(result, rel(paths["figure"])),
                   f"Every pair: [{Path(paths['md']).name}]({rel(paths['md'])}).", ""]
     return lines
+
+
+def leaderboard_cli(spec: dict[str, Any], out: str | Path, out_md: str | Path | None = None,
+                    out_figure: str | Path | None = None) -> None:
+    """``python -m hdmap_ad leaderboard``: one leaderboards entry (with its ``key``) and
+    ``results: {domain: {experiment: metrics JSON}}``; the markdown and the diagram default
+    to ``out`` with ``.md`` and ``<out>_critical_difference.png``."""
+    from hdmap_ad.config import LeaderboardConfig
+
+    spec = dict(spec)
+    results = spec.pop("results", None)
+    if not isinstance(results, dict):
+        raise InputError("--spec: expected results: {domain: {experiment: metrics JSON}}")
+    cfg = LeaderboardConfig.from_dict(str(spec.pop("key", "leaderboard")), spec)
+    if not cfg.domains:
+        raise InputError(f"leaderboards.{cfg.key}.domains: the step needs them listed")
+    out = Path(out)
+    leaderboard_step({**cfg.to_dict(), "results": results}, out,
+                     out_md or out.with_suffix(".md"),
+                     out_figure or out.with_name(f"{out.stem}_critical_difference.png"))
