@@ -90,3 +90,14 @@ def test_an_absolute_work_folder_ignores_the_root():
     lay = RunLayout("/runs/r1", work="/scratch/w")
     assert lay.scores("A", "e") == "/scratch/w/scores/domain_A/e.parquet"
     assert lay.metrics("A", "e") == "/runs/r1/results/A_e.json"
+
+
+def test_the_library_joins_no_run_paths_itself():
+    """export, the bundle, the app and the CLI ask the layout: no module but layout.py joins
+    a path from the run's folder names (help texts and messages may still name them)."""
+    joined = re.compile(r"""/ ?["'](?:results|work|models|scores|manifests|hypotheses|"""
+                        r"""leaderboards)["']|["']domain_\{""")
+    src = REPO / "src" / "hdmap_ad"
+    found = [f"{p.relative_to(src)}:{i}" for p in sorted(src.rglob("*.py"))
+             if p.name != "layout.py" for i, line in _code_lines(p) if joined.search(line)]
+    assert found == []
