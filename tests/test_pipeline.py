@@ -136,9 +136,19 @@ def test_dag_runs_and_reruns_only_what_changed(project: Path, tmp_path: Path):
     _smk(project, "all")
     assert (project / "results/domainC_ungated.json").read_bytes() == before
 
+    # score-stage options (a method's num_neighbors, the gate margin) re-run scoring only:
+    # the fit step's param holds the fit view of the experiment
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["experiments"]["gated"]["method"]["num_neighbors"] = 1
+    params["experiments"]["gated"]["gate_margin"] = 0.05
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    jobs = dry_run_jobs(_smk(project, "-n", "results/domainC_gated.json"))
+    assert jobs == {"score": 1, "metrics": 1}, jobs
+    params["experiments"]["gated"]["method"]["num_neighbors"] = 3
+    params["experiments"]["gated"].pop("gate_margin")
+
     # another method on the same experiment: fit/score/metrics again, zero extraction jobs;
     # the metrics record the method and its options
-    params = yaml.safe_load((project / "params.yaml").read_text())
     params["experiments"]["gated"]["method"] = {"name": "padim", "n_features": 20}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     jobs = dry_run_jobs(_smk(project, "-n", "results/domainC_gated.json"))
@@ -147,20 +157,9 @@ def test_dag_runs_and_reruns_only_what_changed(project: Path, tmp_path: Path):
     padim = json.loads((project / "results/domainC_gated.json").read_text())
     assert padim["method"] == "padim" and padim["params"]["method"]["n_features"] == 20
     assert set(padim["counts"]["bank"]) == {"cold", "warm"}
+    # PatchCore's params back (not rebuilt: only dry runs of other targets follow)
     params["experiments"]["gated"]["method"] = {"name": "patchcore", "coreset_ratio": 0.25,
                                                 "num_neighbors": 3}
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _smk(project, "results/domainC_gated.json")
-
-    # score-stage options (a method's num_neighbors, the gate margin) re-run scoring only:
-    # the fit step's param holds the fit view of the experiment
-    params["experiments"]["gated"]["method"]["num_neighbors"] = 1
-    params["experiments"]["gated"]["gate_margin"] = 0.05
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    jobs = dry_run_jobs(_smk(project, "-n", "results/domainC_gated.json"))
-    assert jobs == {"score": 1, "metrics": 1}, jobs
-    params["experiments"]["gated"]["method"]["num_neighbors"] = 3
-    params["experiments"]["gated"].pop("gate_margin")
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     # a new CPD experiment over the cached backbone runs no extraction either
