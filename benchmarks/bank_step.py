@@ -92,7 +92,8 @@ def _child(spec: Path, out: Path) -> None:
 
     import pandas as pd
 
-    from hdmap_ad.banks import bank, coreset
+    from hdmap_ad.banks import bank
+    from hdmap_ad.components import coreset
     from hdmap_ad.config import ExperimentConfig
 
     # after hdmap_ad: coreset_scale puts our own src first on the path
