@@ -163,32 +163,36 @@ def grid_figures(val: list[float], test: list[float], sizes: list[int], default:
 
 
 def collect(root: Path, params: dict) -> list[dict]:
-    """One row per domain x method x recipe x strength bin."""
+    """One row per domain x method x recipe x strength bin, from the selected JSONs (the
+    grid, its test AUROCs, the validation set's id) and the validation scores they name."""
     from hdmap_ad.config import parse_params
     from hdmap_ad.layout import RunLayout
 
     p = parse_params(params)
     at = RunLayout(root=str(root), result_prefix=p.dataset.result_prefix)
     rows = []
-    for key, plan in p.selections.items():
+    for key in p.selections:
         if "_" not in key or key.split("_", 1)[1] not in RECIPES:
             continue  # the demo's own selection
         method, recipe = key.split("_", 1)
         for d in p.domains:
             sel = json.loads(Path(at.selected(d, key)).read_text())
+            names = [g["experiment"] for g in sel["grid"]]
             test = [g["test"]["auroc"] for g in sel["grid"]]
             sizes = [g["model_bytes"] for g in sel["grid"]]
-            vals = [json.loads(Path(at.validation_scores(d, plan.set_id, pt.key)).read_text())
-                    for pt in plan.points]
+            default = names.index(sel["default"]["experiment"]) if sel["default"] else None
+            set_id = sel["validation_set"]["id"]
+            vals = [json.loads(Path(at.validation_scores(d, set_id, n)).read_text())
+                    for n in names]
             for which in ("all", *BINS):
                 val = [bin_auroc(v, which) for v in vals]
                 if any(v is None for v in val):
                     continue
-                fig = grid_figures(val, test, sizes, plan.default)
+                fig = grid_figures(val, test, sizes, default)
                 rows.append({"domain": d, "method": method, "recipe": recipe,
                              "strength": which, "validation_auroc": val, "test_auroc": test,
-                             "points": [pt.to_dict()["point"] for pt in plan.points],
-                             "default": plan.default, **fig})
+                             "points": [g["point"] for g in sel["grid"]],
+                             "default": default, **fig})
     return rows
 
 
@@ -206,6 +210,11 @@ def summarize(rows: list[dict]) -> list[dict]:
                                                                                  recipe, which)]
         out.append({"method": method, "recipe": recipe, "strength": which,
                     "domains": len(group), "tau": _mean([r["tau"] for r in group]),
+                    "tau_domains": sum(r["tau"] is not None for r in group),
+                    "test_spread": _mean([max(r["test_auroc"]) - min(r["test_auroc"])
+                                          for r in group]),
+                    "validation_saturated": sum(len(set(r["validation_auroc"])) == 1
+                                                for r in group),
                     "regret": _mean([r["regret"] for r in group]),
                     "regret_default": _mean([r["regret_default"] for r in group]),
                     "selected_is_test_best": sum(r["regret"] == 0 for r in group)})
@@ -221,16 +230,36 @@ def markdown(result: dict) -> str:
              f"Domains {', '.join(result['domains'])}; grids: "
              + "; ".join(f"{m} {g}" for m, g in result["grids"].items()) + f"; strength "
              f"{STRENGTH} (bins: thirds of the range).", "",
-             "Mean over domains: Kendall's tau (validation vs test AUROC over the grid), "
-             "regret (test AUROC: grid best on test minus the validation-selected point; 0 = "
-             "it picked the test-best point), the default point's regret, and in how many "
-             "domains the selected point was the test-best.", "",
-             "| method | recipe | strength | tau | regret | default regret | picked test-best |",
-             "|---|---|---|---|---|---|---|"]
+             "Mean over domains: Kendall's tau (validation vs test AUROC over the grid; over "
+             "the domains where both vary, their count in brackets), regret (test AUROC: grid "
+             "best on test minus the validation-selected point; 0 = it picked the test-best "
+             "point), the default point's regret, the grid's test AUROC spread (max - min: "
+             "the most any choice can lose), in how many domains the selected point was the "
+             "test-best, and in how many every point had the same validation AUROC "
+             "(saturated: the tie rule, not the anomalies, chose).", "",
+             "| method | recipe | strength | tau | regret | default regret | test spread "
+             "| picked test-best | saturated |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for s in result["summary"]:
         lines.append(f"| {s['method']} | {s['recipe']} | {s['strength']} | {f(s['tau'], True)} "
-                     f"| {f(s['regret'])} | {f(s['regret_default'])} | "
-                     f"{s['selected_is_test_best']}/{s['domains']} |")
+                     f"({s['tau_domains']}) | {f(s['regret'])} | {f(s['regret_default'])} | "
+                     f"{f(s['test_spread'])} | {s['selected_is_test_best']}/{s['domains']} | "
+                     f"{s['validation_saturated']}/{s['domains']} |")
+    domains = result["domains"]
+    lines += ["", "Per domain, the whole validation set (strength `all`): regret of the "
+              "validation-selected point / of the default point.", "",
+              "| method | recipe | " + " | ".join(domains) + " |",
+              "|---|---|" + "---|" * len(domains)]
+    for s in result["summary"]:
+        if s["strength"] != "all":
+            continue
+        cells = []
+        for d in domains:
+            r = next((r for r in result["rows"] if (r["method"], r["recipe"], r["strength"],
+                                                     r["domain"]) == (s["method"], s["recipe"],
+                                                                      "all", d)), None)
+            cells.append("-" if r is None else f"{f(r['regret'])} / {f(r['regret_default'])}")
+        lines.append(f"| {s['method']} | {s['recipe']} | " + " | ".join(cells) + " |")
     if result.get("demo_added_s") is not None:
         lines += ["", f"The demo's selected experiment (`gated_select`, 4 domains) added "
                   f"{result['demo_added_s']:.0f} s after the demo's own jobs "
@@ -248,39 +277,58 @@ def main(argv: list[str] | None = None) -> int:
                     help="the benchmark's project folder (its data, work and results)")
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--out-dir", default=str(REPO / "results" / "benchmarks"))
+    ap.add_argument("--collect-only", action="store_true",
+                    help="tabulate the project's finished run again (no Snakemake; its own "
+                         "params.yaml and timings.json)")
     args = ap.parse_args(argv)
+
+    import yaml
 
     from hdmap_ad.config import parse_params
     from hdmap_ad.layout import RunLayout
 
     root = Path(args.project)
-    params = bench_params(args.quick)
-    lay_project(root, params)
+    timings_path = root / "timings.json"
+    if args.collect_only:
+        params = yaml.safe_load((root / "params.yaml").read_text())
+        timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    else:
+        params = bench_params(args.quick)
+        lay_project(root, params)
+        timings = {"date": dt.date.today().isoformat(), "quick": args.quick}
     p = parse_params(params)
     at = RunLayout(result_prefix=p.dataset.result_prefix)  # targets, relative to the project
-    t0 = time.perf_counter()
-    demo_base = demo_added = None
-    if not args.quick:
-        print("features of every domain (shared with the demo)", file=sys.stderr)
-        snakemake(root, args.cores, [at.features(d, "effnet_lite2", la)
-                                     for d in p.domains for la in ("blocks.2", "blocks.4")])
-        print("the demo's gated runs", file=sys.stderr)
-        demo_base = snakemake(root, args.cores, [at.metrics(d, "gated") for d in p.domains])
-        print("what the demo's selected experiment adds", file=sys.stderr)
-        demo_added = snakemake(root, args.cores, [at.selected(d, "gated_select")
-                                                  for d in p.domains])
-    print("the grids", file=sys.stderr)
-    snakemake(root, args.cores, [at.selected(d, s) for s in p.selections for d in p.domains])
+
+    def phase(name: str, text: str, targets: list[str]) -> None:
+        # each phase's wall time is kept in the project, so a later --collect-only has it
+        print(text, file=sys.stderr)
+        timings[name] = snakemake(root, args.cores, targets)
+        timings_path.write_text(json.dumps(timings, indent=2))
+
+    if not args.collect_only:
+        if not args.quick:
+            phase("features_s", "features of every domain (shared with the demo)",
+                  [at.features(d, "effnet_lite2", la) for d in p.domains
+                   for la in ("blocks.2", "blocks.4")])
+            phase("demo_base_s", "the demo's gated runs",
+                  [at.metrics(d, "gated") for d in p.domains])
+            phase("demo_added_s", "what the demo's selected experiment adds",
+                  [at.selected(d, "gated_select") for d in p.domains])
+        phase("grids_s", "the grids",
+              [at.selected(d, s) for s in p.selections for d in p.domains])
     rows = collect(root, params)
+    quick = bool(timings.get("quick", args.quick))
     result = {
-        "mode": "quick" if args.quick else "full",
-        "date": dt.date.today().isoformat(),
+        "mode": "quick" if quick else "full",
+        "date": timings.get("date", dt.date.today().isoformat()),
         "machine": machine_line(), "machine_detail": machine(),
-        "wall_s": time.perf_counter() - t0,
+        "wall_s": sum(v for k, v in timings.items() if k.endswith("_s")),
+        "timings_s": {k: v for k, v in timings.items() if k.endswith("_s")},
+        "timings_note": timings.get("note"),
         "domains": list(p.domains),
-        "grids": QUICK_GRIDS if args.quick else GRIDS,
+        "grids": QUICK_GRIDS if quick else GRIDS,
         "strength": STRENGTH,
-        "demo_base_s": demo_base, "demo_added_s": demo_added,
+        "demo_base_s": timings.get("demo_base_s"), "demo_added_s": timings.get("demo_added_s"),
         "summary": summarize(rows),
         "rows": rows,
     }

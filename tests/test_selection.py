@@ -330,11 +330,14 @@ def test_benchmark_figures_tau_and_regret():
            "anomalies": [{"score": 2.0, "strength": 0.2}, {"score": 0.5, "strength": 1.4}]}
     assert bench.bin_auroc(val, "low") == 1.0 and bench.bin_auroc(val, "high") == 0.5
     assert bench.bin_auroc(val, "mid") is None and bench.bin_auroc(val, "all") == 0.75
-    rows = [{"method": "m", "recipe": "r", "strength": "all", **agree},
-            {"method": "m", "recipe": "r", "strength": "all", **flipped}]
+    grid = {"method": "m", "recipe": "r", "strength": "all", "test_auroc": [0.95, 0.85, 0.9]}
+    rows = [{**grid, "validation_auroc": [0.9, 0.7, 0.8], **agree},
+            {**grid, "validation_auroc": [0.8, 0.8, 0.8], **flipped}]
     (summary,) = bench.summarize(rows)
     assert summary["tau"] == pytest.approx(0.0) and summary["selected_is_test_best"] == 1
     assert summary["regret_default"] == pytest.approx(0.1)
+    assert summary["test_spread"] == pytest.approx(0.1)
+    assert summary["validation_saturated"] == 1 and summary["tau_domains"] == 2
 
 
 # --- one tiny DAG run -----------------------------------------------------------------
