@@ -137,7 +137,9 @@ class Run:
 
     def hypotheses_table(self) -> pd.DataFrame:
         """One row per hypothesis x domain x (budget, seed): the deltas of AUROC and of the
-        deployable accuracy (b - a) with their 95% intervals, and the verdicts."""
+        deployable accuracy (b - a) with their 95% intervals, the verdicts with the margin,
+        the adjusted p-value of the claimed verdict's test (None when inconclusive) and the
+        correction over the family."""
         rows = []
         for path in sorted(Path(self.layout.hypotheses_dir()).glob("*.json")):
             h = _read_json(path)
