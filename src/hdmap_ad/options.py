@@ -79,13 +79,19 @@ def _check_value(value: Any, f: dataclasses.Field, tp: Any, where: str) -> Any:
     meta = f.metadata
     if "enum" in meta and value not in meta["enum"]:
         raise InputError(f"{where}: {value!r} is not one of {tuple(meta['enum'])}")
+    check_bounds(value, meta, where)
+    return value
+
+
+def check_bounds(value: Any, meta: Any, where: str) -> None:
+    """Refuse ``value`` outside a field's ``min`` / ``gt`` / ``max`` metadata (one line naming
+    ``where``); the one bound check of every options dataclass."""
     if "min" in meta and value < meta["min"]:
         raise InputError(f"{where}: {value!r} must be >= {meta['min']}")
     if "gt" in meta and value <= meta["gt"]:
         raise InputError(f"{where}: {value!r} must be > {meta['gt']}")
     if "max" in meta and value > meta["max"]:
         raise InputError(f"{where}: {value!r} must be <= {meta['max']}")
-    return value
 
 
 def build_options(cls: type, data: dict[str, Any] | None, where: str) -> Any:

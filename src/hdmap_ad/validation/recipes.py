@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from hdmap_ad.errors import InputError
+from hdmap_ad.options import check_bounds
 
 #: Range fields are ``(low, high)`` pairs, inclusive; ``min``/``max`` bound both ends.
 Range = tuple[float, float]
@@ -227,16 +228,6 @@ def _scalar(value: Any, kind: type, where: str) -> float | int:
     return kind(value)
 
 
-def _bounded(value: float, f: dataclasses.Field, where: str) -> None:
-    meta = f.metadata
-    if "min" in meta and value < meta["min"]:
-        raise InputError(f"{where}: {value!r} must be >= {meta['min']}")
-    if "gt" in meta and value <= meta["gt"]:
-        raise InputError(f"{where}: {value!r} must be > {meta['gt']}")
-    if "max" in meta and value > meta["max"]:
-        raise InputError(f"{where}: {value!r} must be <= {meta['max']}")
-
-
 def _field_kind(f: dataclasses.Field) -> tuple[bool, type]:
     """``(is a range, element type)`` of an options field (from its default)."""
     default = f.default
@@ -253,7 +244,7 @@ def parse_range(value: Any, kind: type, f: dataclasses.Field, where: str) -> tup
         raise InputError(f"{where}: expected [low, high], got {list(value)!r}")
     lo, hi = (_scalar(v, kind, where) for v in value)
     for v in (lo, hi):
-        _bounded(v, f, where)
+        check_bounds(v, f.metadata, where)
     if lo > hi:
         raise InputError(f"{where}: low {lo!r} is above high {hi!r}")
     return (lo, hi)
@@ -276,7 +267,7 @@ def build_recipe_options(cls: type, data: dict[str, Any], where: str) -> Any:
             values[f.name] = parse_range(data[f.name], kind, f, key)
         else:
             v = _scalar(data[f.name], kind, key)
-            _bounded(v, f, key)
+            check_bounds(v, f.metadata, key)
             values[f.name] = v
     return cls(**values)
 
