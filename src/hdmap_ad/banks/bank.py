@@ -174,6 +174,21 @@ def load_models(folder: str | Path, meta: dict[str, Any], exp: ExperimentConfig,
             for name in sorted(meta["sub_banks"])}
 
 
+def read_fit(meta_path: str | Path, manifest_path: str | Path
+             ) -> tuple[dict[str, Any], GateFit, pd.DataFrame, pd.DataFrame]:
+    """What the fit step recorded, for the steps that score with its model: ``(meta, gate
+    fit, manifest, references)``, the references as manifest rows in the fit's order."""
+    from hdmap_ad.data.manifest import read_manifest
+    from hdmap_ad.io import read_json
+
+    meta = read_json(meta_path)
+    fit = GateFit(meta["gate"]["threshold"], meta["gate"]["fit"])
+    manifest = read_manifest(manifest_path)
+    ref_ids = [r["image_id"] for r in meta["references"]]
+    refs = manifest.set_index("image_id").loc[ref_ids].reset_index()
+    return meta, fit, manifest, refs
+
+
 def build_bank(
     refs: pd.DataFrame, desc: np.ndarray, exp: ExperimentConfig, device: str = "cpu",
     progress: bool = False, layout: dict[str, Any] | None = None,

@@ -192,18 +192,13 @@ def score_experiment(exp: ExperimentConfig, manifest_path: str, feature_paths: l
                      progress: bool = True) -> None:
     """The ``score`` step: test maps through the gate and the fitted sub-models, then the
     references' held-out scores; one Parquet table with the experiment in its metadata."""
-    from hdmap_ad.banks.bank import load_fold_models, load_models
+    from hdmap_ad.banks.bank import load_fold_models, load_models, read_fit
     from hdmap_ad.banks.references import scored_rows
-    from hdmap_ad.data.manifest import read_manifest
     from hdmap_ad.features.descriptors import DescriptorSource
-    from hdmap_ad.io import read_json
 
     where = f"experiments.{exp.key}"
-    meta = read_json(meta_path)
-    fit = GateFit(meta["gate"]["threshold"], meta["gate"]["fit"])
-    manifest = read_manifest(manifest_path)
-    ref_ids = [r["image_id"] for r in meta["references"]]
-    refs = manifest.set_index("image_id").loc[ref_ids].reset_index()
+    meta, fit, manifest, refs = read_fit(meta_path, manifest_path)
+    ref_ids = refs.image_id.tolist()
     test = scored_rows(manifest, refs, exp.references.protocol)
     models = load_models(model_dir, meta, exp, device)
     decisions = experiment_decisions(exp, test, fit)

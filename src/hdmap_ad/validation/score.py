@@ -77,7 +77,7 @@ def validate_experiment(exp: ExperimentConfig, set_dir: str, set_features: list[
         InputError: the set was made for other references or folds than the model's, the
             model has no reference folds, or nothing was scored.
     """
-    from hdmap_ad.banks.bank import GateFit, cv_folds, load_fold_models
+    from hdmap_ad.banks.bank import cv_folds, load_fold_models, read_fit
     from hdmap_ad.data.manifest import read_manifest
     from hdmap_ad.features.descriptors import DescriptorSource
     from hdmap_ad.io import read_json, write_json
@@ -86,11 +86,8 @@ def validate_experiment(exp: ExperimentConfig, set_dir: str, set_features: list[
     from hdmap_ad.validation.build import MANIFEST, SPEC
 
     where = f"validation-score: experiments.{exp.key}"
-    meta = read_json(meta_path)
-    fit = GateFit(meta["gate"]["threshold"], meta["gate"]["fit"])
-    manifest = read_manifest(manifest_path)
-    ref_ids = [r["image_id"] for r in meta["references"]]
-    refs = manifest.set_index("image_id").loc[ref_ids].reset_index()
+    meta, fit, manifest, refs = read_fit(meta_path, manifest_path)
+    ref_ids = refs.image_id.tolist()
     vset = read_manifest(Path(set_dir) / MANIFEST)
     spec = read_json(Path(set_dir) / SPEC)
     folds = cv_folds(refs, exp, fit)
