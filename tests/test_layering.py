@@ -24,8 +24,8 @@ PACKAGE = "hdmap_ad"
 #: Layers from the bottom up; a module belongs to the longest prefix that names it.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("hdmap_ad.errors", "hdmap_ad.io", "hdmap_ad.specs", "hdmap_ad.options",
-     "hdmap_ad.outputs", "hdmap_ad.depgraph", "hdmap_ad.outdated", "hdmap_ad.layout",
-     "hdmap_ad"),
+     "hdmap_ad.registry", "hdmap_ad.outputs", "hdmap_ad.depgraph", "hdmap_ad.outdated",
+     "hdmap_ad.layout", "hdmap_ad"),
     ("hdmap_ad.data",),
     ("hdmap_ad.features",),
     ("hdmap_ad.provenance",),

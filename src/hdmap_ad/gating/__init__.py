@@ -35,6 +35,7 @@ from hdmap_ad.gating.base import (
 )
 from hdmap_ad.gating.gates import P90, BothMin, Fallback, Inverse, Mixed, Oracle, Random
 from hdmap_ad.options import build_options
+from hdmap_ad.registry import Registry
 
 _REGISTERED: tuple[Gate, ...] = (
     Mixed(),
@@ -46,7 +47,8 @@ _REGISTERED: tuple[Gate, ...] = (
     Fallback(),
 )
 
-GATES: dict[str, Gate] = {g.name: g for g in _REGISTERED}
+_REGISTRY: Registry[Gate] = Registry("gate", _REGISTERED)
+GATES: dict[str, Gate] = _REGISTRY.entries
 DEFAULT_GATE = "mixed"
 #: Experiment params keys of gate options start with this (``gate_margin`` -> ``margin``).
 OPTION_PREFIX = "gate_"
@@ -54,31 +56,27 @@ OPTION_PREFIX = "gate_"
 
 def register_gate(gate: Gate) -> Gate:
     """Add ``gate`` to the registry at run time (a plugin, a test's toy gate); the params
-    schema built afterwards accepts its name. Returns it."""
-    if not getattr(gate, "name", ""):
-        raise ValueError("a gate needs a name")
-    GATES[gate.name] = gate
-    return gate
+    schema built afterwards accepts its name. Returns it.
+
+    Raises:
+        ValueError: the gate has no name, or a gate of that name is registered already.
+    """
+    return _REGISTRY.register(gate)
 
 
 def unregister_gate(name: str) -> None:
     """Remove a gate added with :func:`register_gate` (built-in gates stay)."""
-    if any(g.name == name for g in _REGISTERED):
-        raise ValueError(f"{name!r} is a built-in gate")
-    GATES.pop(name, None)
+    _REGISTRY.unregister(name)
 
 
 def gate_names() -> tuple[str, ...]:
     """Registered gate names, built-ins first in their order (the schema's enum)."""
-    return tuple(GATES)
+    return _REGISTRY.names()
 
 
 def get_gate(name: str, where: str = "gate") -> Gate:
     """The registered gate called ``name``; an unknown name is an ``InputError``."""
-    try:
-        return GATES[name]
-    except (KeyError, TypeError):
-        raise InputError(f"{where}: {name!r} is not one of {gate_names()}") from None
+    return _REGISTRY.get(name, where)
 
 
 def is_per_condition(name: str) -> bool:

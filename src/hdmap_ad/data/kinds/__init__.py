@@ -20,7 +20,7 @@ from hdmap_ad.data.kinds.base import COLUMNS, DatasetKind, Provides
 from hdmap_ad.data.kinds.folder import FolderKind
 from hdmap_ad.data.kinds.hdmap import SYNTHETIC_ROOT, HdmapKind, SyntheticKind
 from hdmap_ad.data.kinds.mvtec import MvtecKind
-from hdmap_ad.errors import InputError
+from hdmap_ad.registry import Registry
 
 __all__ = ["COLUMNS", "KINDS", "SYNTHETIC_ROOT", "DatasetKind", "Provides", "get_kind",
            "kind_names", "kinds_markdown", "register_kind", "unregister_kind"]
@@ -32,7 +32,8 @@ _REGISTERED: tuple[DatasetKind, ...] = (
     FolderKind(),
 )
 
-KINDS: dict[str, DatasetKind] = {k.name: k for k in _REGISTERED}
+_REGISTRY: Registry[DatasetKind] = Registry("dataset kind", _REGISTERED)
+KINDS: dict[str, DatasetKind] = _REGISTRY.entries
 
 
 def register_kind(kind: DatasetKind) -> DatasetKind:
@@ -41,32 +42,24 @@ def register_kind(kind: DatasetKind) -> DatasetKind:
     it.
 
     Raises:
-        ValueError: a kind of that name is registered already.
+        ValueError: the kind has no name, or a kind of that name is registered already.
     """
-    if kind.name in KINDS:
-        raise ValueError(f"dataset kind {kind.name!r} is registered already")
-    KINDS[kind.name] = kind
-    return kind
+    return _REGISTRY.register(kind)
 
 
 def unregister_kind(name: str) -> None:
     """Remove a kind added with :func:`register_kind` (built-in kinds stay)."""
-    if any(k.name == name for k in _REGISTERED):
-        raise ValueError(f"{name!r} is a built-in dataset kind")
-    KINDS.pop(name, None)
+    _REGISTRY.unregister(name)
 
 
 def get_kind(name: str, where: str = "dataset.kind") -> DatasetKind:
     """The registered kind called ``name``; an unknown name is an ``InputError``."""
-    try:
-        return KINDS[name]
-    except (KeyError, TypeError):
-        raise InputError(f"{where}: {name!r} is not one of {kind_names()}") from None
+    return _REGISTRY.get(name, where)
 
 
 def kind_names() -> tuple[str, ...]:
     """Every registered kind's name, in registration order."""
-    return tuple(KINDS)
+    return _REGISTRY.names()
 
 
 def kinds_markdown() -> str:
