@@ -54,22 +54,6 @@ def write_map_items(folder: Path, maps: np.ndarray) -> list[tuple[str, str]]:
     return items
 
 
-#: Trained methods' options for tests: a few epochs of a small network (the defaults train
-#: for the benchmark's full settings). Every registered trained method needs an entry.
-QUICK_METHOD_OPTIONS: dict[str, dict] = {
-    "ae": {"epochs": 8, "hidden": 8, "latent": 8},
-    # the contract runs on bare descriptors (no layer layout): the joint flow
-    "fastflow": {"epochs": 5, "flow_steps": 2, "flows": "joint"},
-    "supersimplenet": {"epochs": 10, "batch_size": 2, "lr": 5e-3, "noise_std": 3.0,
-                       # noise_std 3 swamps the raw descriptors a raw-fed classification head
-                       # reads (image_score cls); adapted keeps that head usable too
-                       "cls_features": "adapted",
-                       "seg_hidden": 32, "cls_hidden": 16},
-    "unet_ae": {"epochs": 8, "hidden": 8, "latent": 8},
-    "vae": {"epochs": 8, "hidden": 8, "latent": 8},
-}
-
-
 def project_env(project: Path) -> dict[str, str]:
     """The venv's tools, and the project copy's own code (not the editable install's)."""
     env = dict(os.environ)

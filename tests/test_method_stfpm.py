@@ -28,7 +28,7 @@ from hdmap_ad.methods.stfpm import build_student, layer_distances, student_spec
 
 LAYERS = ["blocks.1", "blocks.2"]
 SIDE = 64
-OPTS = {"epochs": 6, "batch_size": 4}
+OPTS = dict(METHODS["stfpm"].smoke_options)  # a few epochs: seconds, not minutes
 
 
 def _maps(n: int, band: bool = False, seed: int = 0) -> np.ndarray:

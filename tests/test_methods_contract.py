@@ -20,7 +20,6 @@ from hdmap_ad.errors import InputError
 from hdmap_ad.methods import METHODS, FitContext, load_model, save_model
 from hdmap_ad.methods.base import state_file
 from hdmap_ad.methods.training import TrainOptions
-from tests.conftest import QUICK_METHOD_OPTIONS
 
 #: methods whose network reads the map (STFPM) need teacher features with the map folded on
 #: (a layout): their contract runs in their own module on such descriptors
@@ -29,8 +28,24 @@ ON_DESCRIPTORS = sorted(name for name, m in METHODS.items() if not m.reads_map)
 
 
 def _options(method):
-    """The method's defaults, shortened for trained methods (epochs ...)."""
-    return method.Options(**QUICK_METHOD_OPTIONS.get(method.name, {}))
+    """The method's defaults, shortened for trained methods (its ``smoke_options``)."""
+    return method.Options(**method.smoke_options)
+
+
+def test_every_trained_method_has_smoke_options_that_build_its_options():
+    """A trained method's defaults train at the benchmark's full settings: the contract and
+    smoke runs need its few-epoch options, which must be valid options of its own."""
+    from hdmap_ad.options import build_options
+
+    trained = [m for m in METHODS.values() if issubclass(m.Options, TrainOptions)]
+    assert {m.name for m in trained} >= {"ae", "fastflow", "supersimplenet", "unet_ae", "vae"}
+    for method in trained:
+        assert method.smoke_options, f"{method.name}: no smoke_options"
+        opts = build_options(method.Options, dict(method.smoke_options), method.name)
+        assert opts == _options(method) and opts != method.Options()
+    for method in METHODS.values():  # untrained methods fit in seconds with their defaults
+        if not issubclass(method.Options, TrainOptions):
+            assert not method.smoke_options, method.name
 
 DATA = Path(__file__).parent / "data"
 N_REF, N_TEST, H, W, D = 12, 10, 5, 7, 16
@@ -146,7 +161,7 @@ def test_every_gate_runs_every_method(name, gate, arrays):
     from hdmap_ad.scoring.score import experiment_decisions, reference_cv_scores, score_routed
 
     ref, test, refs, tests = arrays
-    exp = _exp(gate, {"name": name, **QUICK_METHOD_OPTIONS.get(name, {})})
+    exp = _exp(gate, {"name": name, **METHODS[name].smoke_options})
     models, fit, assignment = build_bank(refs, ref, exp)
     assert set(models) == ({"mixed"} if gate == "mixed" else {"cold", "warm"})
     dec = experiment_decisions(exp, tests, fit)

@@ -9,7 +9,6 @@ import pytest
 
 from hdmap_ad.methods import METHODS, FitContext, load_model, save_model
 from hdmap_ad.methods.training import TrainedMethod
-from tests.conftest import QUICK_METHOD_OPTIONS
 
 torch = pytest.importorskip("torch")
 
@@ -21,7 +20,7 @@ TRAINED = sorted(n for n, m in METHODS.items()
 @pytest.mark.parametrize("name", TRAINED)
 def test_trained_method_runs_on_cuda_and_its_checkpoint_reloads_on_cpu(name, tmp_path):
     method = METHODS[name]
-    opts = method.Options(**{**QUICK_METHOD_OPTIONS.get(name, {}), "epochs": 2})
+    opts = method.Options(**{**method.smoke_options, "epochs": 2})
     rng = np.random.default_rng(0)
     desc = rng.standard_normal((6, 8, 12, 4)).astype(np.float32)
     model = method.fit(desc, opts, FitContext(seed=0, device="cuda", where="e"))

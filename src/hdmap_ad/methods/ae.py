@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from hdmap_ad.methods.base import FitContext
@@ -184,6 +185,7 @@ class AE(TrainedMethod):
     model_class: ClassVar[type[AEModel]] = AEModel
     summary = ("convolutional autoencoder trained on the references; patch score = "
                "reconstruction error (raw maps with the `raw` backbone, else features)")
+    smoke_options = MappingProxyType({"epochs": 8, "hidden": 8, "latent": 8})
 
     def build(self, channels: int, options: AEOptions, ctx: FitContext) -> Any:
         """The untrained module for ``channels`` input channels."""

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import numpy as np
@@ -95,6 +97,10 @@ class Method(ABC):
         reads_map: the method's network reads the map itself besides the cached features
             (STFPM's student): its experiments need ``input_map`` (a ``raw`` backbone whose
             cache is folded onto the descriptor grid), and fits get ``FitContext.layout``.
+        smoke_options: options for a seconds-long fit in tests and smoke runs (a few epochs
+            of a small network: the defaults train at the benchmark's full settings); never
+            a default. Empty for a method whose defaults already fit in seconds; every
+            trained method gives some (checked in ``tests/test_methods_contract.py``).
     """
 
     name: ClassVar[str]
@@ -103,6 +109,7 @@ class Method(ABC):
     localizes: ClassVar[bool] = True
     summary: ClassVar[str] = ""
     reads_map: ClassVar[bool] = False
+    smoke_options: ClassVar[Mapping[str, Any]] = MappingProxyType({})
 
     @abstractmethod
     def fit(self, desc: np.ndarray, options: Any, ctx: FitContext) -> FittedModel:

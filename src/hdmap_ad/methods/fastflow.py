@@ -59,6 +59,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from hdmap_ad.errors import InputError
@@ -312,6 +313,8 @@ class FastFlow(TrainedMethod):
     summary = ("FastFlow: a 2-D normalising flow (affine coupling blocks) trained on the "
                "references, one on the joint descriptor grid or one per layer on its own "
                "grid; patch score = the latent's negative log-density per channel")
+    # the contract runs on bare descriptors (no layer layout): the joint flow
+    smoke_options = MappingProxyType({"epochs": 5, "flow_steps": 2, "flows": "joint"})
 
     def build(self, channels: int, options: FastFlowOptions, ctx: FitContext) -> Any:
         if options.flows == "per_layer":

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from hdmap_ad.errors import InputError
@@ -174,6 +175,7 @@ class STFPM(TrainedMethod):
     summary = ("STFPM: a random-init copy of the backbone learns to reproduce its "
                "multi-scale features from the map (needs input_map); patch score = "
                "student-teacher distance")
+    smoke_options = MappingProxyType({"epochs": 6, "batch_size": 4})
 
     def build(self, channels: int, options: STFPMOptions, ctx: FitContext) -> Any:
         spec = student_spec(ctx.layout, ctx.where)

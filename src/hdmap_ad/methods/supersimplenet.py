@@ -83,6 +83,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -336,6 +337,12 @@ class SuperSimpleNet(TrainedMethod):
                "segmentation / classification heads trained to find Gaussian-noise anomalies "
                "in Perlin masks on the reference descriptors; patch score = seg logit, image "
                "score = its max (or the classification head's logit)")
+    smoke_options = MappingProxyType({
+        "epochs": 10, "batch_size": 2, "lr": 5e-3, "noise_std": 3.0,
+        # noise_std 3 swamps the raw descriptors a raw-fed classification head reads
+        # (image_score cls); adapted keeps that head usable too
+        "cls_features": "adapted",
+        "seg_hidden": 32, "cls_hidden": 16})
 
     def build(self, channels: int, options: SuperSimpleNetOptions, ctx: FitContext) -> Any:
         return build_supersimplenet(channels, options)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from hdmap_ad.errors import InputError
@@ -70,6 +71,7 @@ class UNetAE(AE):
     summary = ("U-Net autoencoder: the AE with skip connections (`skip_levels`, "
                "`skip_dropout`: skips can copy anomalies around the bottleneck); patch score "
                "= reconstruction error")
+    smoke_options = MappingProxyType({"epochs": 8, "hidden": 8, "latent": 8})
 
     def build(self, channels: int, options: UNetAEOptions, ctx: FitContext) -> Any:
         if options.skip_levels > options.depth - 1:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from hdmap_ad.methods.ae import AE, AEModel, AEOptions, conv_autoencoder_class
@@ -100,6 +101,7 @@ class VAE(AE):
     model_class = VAEModel
     summary = ("convolutional VAE (reconstruction + `beta` x KL); scored from the posterior "
                "mean: patch score = reconstruction error, optional KL term in the image score")
+    smoke_options = MappingProxyType({"epochs": 8, "hidden": 8, "latent": 8})
 
     def build(self, channels: int, options: VAEOptions, ctx: FitContext) -> Any:
         return vae_class()(channels, options.hidden, options.depth, options.latent,
