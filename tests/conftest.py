@@ -301,3 +301,28 @@ def pipeline_run(deploy_run: Path, tmp_path_factory) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(PIPELINE_RUN_PARAMS, sort_keys=False))
     run_snakemake(root, "all")
     return root
+
+
+def mvtec_run_steps(category: Path, work: Path, backbone: dict, experiment: dict,
+                    metrics: str = "r.json", quiet_score: bool = False) -> list[list[str]]:
+    """The CLI steps of one experiment on one MVTec-layout ``category`` folder, each for
+    ``hdmap_ad.cli.main``: manifest, extract, fit, score and metrics (a test that stops early
+    runs a prefix). They write under ``work``: ``m.parquet``, ``features/<layer>.parquet``,
+    ``model/``, ``b.json``, ``s.parquet`` and the metrics JSON named ``metrics``."""
+    from hdmap_ad.config import spec_json
+
+    manifest, meta = str(work / "m.parquet"), str(work / "b.json")
+    scores, model = str(work / "s.parquet"), str(work / "model")
+    feats = [str(work / "features" / f"{layer}.parquet") for layer in backbone["layers"]]
+    spec = spec_json(experiment)
+    return [
+        ["manifest", "--domain-root", str(category), "--kind", "mvtec", "--out", manifest],
+        ["extract", "--manifest", manifest, "--spec", spec_json(backbone), "--out-dir",
+         str(work / "features"), "--quiet"],
+        ["fit", "--manifest", manifest, "--features", *feats, "--spec", spec, "--out", model,
+         "--meta", meta],
+        ["score", "--manifest", manifest, "--features", *feats, "--spec", spec, "--model", model,
+         "--meta", meta, "--out", scores, *(["--quiet"] if quiet_score else [])],
+        ["metrics", "--scores", scores, "--meta", meta, "--manifest", manifest, "--features",
+         *feats, "--domain", category.name, "--out", str(work / metrics)],
+    ]

@@ -31,7 +31,7 @@ import pytest
 from hdmap_ad.cli import main
 from hdmap_ad.deploy.bundle import MODEL_JSON, StaleModelError, file_sha256, load_bundle
 from hdmap_ad.errors import InputError
-from tests.conftest import dry_run_jobs, project_env
+from tests.conftest import dry_run_jobs, mvtec_run_steps, project_env
 
 EXP = "gated"
 MODEL = f"results/models/domainC_{EXP}"
@@ -333,21 +333,9 @@ def test_a_folder_of_mixed_sizes_deploys_as_it_was_studied(tmp_path, capsys):
 
     cat = _dataset(tmp_path / "data", mixed_sizes=True)
     w = tmp_path / "work"
-    feats = [str(w / "features" / "blocks.2.parquet")]
-    spec = spec_json(EXPERIMENT)
     model = tmp_path / "model"
     for step in (
-        ["manifest", "--domain-root", str(cat), "--kind", "mvtec", "--out", str(w / "m.parquet")],
-        ["extract", "--manifest", str(w / "m.parquet"), "--spec", spec_json(BACKBONE),
-         "--out-dir", str(w / "features"), "--quiet"],
-        ["fit", "--manifest", str(w / "m.parquet"), "--features", *feats, "--spec", spec,
-         "--out", str(w / "model"), "--meta", str(w / "b.json")],
-        ["score", "--manifest", str(w / "m.parquet"), "--features", *feats, "--spec", spec,
-         "--model", str(w / "model"), "--meta", str(w / "b.json"), "--out",
-         str(w / "s.parquet"), "--quiet"],
-        ["metrics", "--scores", str(w / "s.parquet"), "--meta", str(w / "b.json"),
-         "--manifest", str(w / "m.parquet"), "--features", *feats, "--domain", "widget",
-         "--out", str(w / "widget.json")],
+        *mvtec_run_steps(cat, w, BACKBONE, EXPERIMENT, metrics="widget.json", quiet_score=True),
         ["export", "--backbone-spec", spec_json(BACKBONE), "--meta", str(w / "b.json"),
          "--model", str(w / "model"), "--scores", str(w / "s.parquet"), "--metrics",
          str(w / "widget.json"), "--manifest", str(w / "m.parquet"), "--out", str(model)],

@@ -10,8 +10,7 @@ import pytest
 from PIL import Image
 
 from hdmap_ad.cli import main
-from hdmap_ad.config import spec_json
-from tests.conftest import DROP, Replace, tiny_backbone, tiny_experiment
+from tests.conftest import DROP, Replace, mvtec_run_steps, tiny_backbone, tiny_experiment
 
 BACKBONE = {"key": "lite2", **tiny_backbone(resize=DROP, layers=["blocks.2"])}
 EXPERIMENT = {"key": "ungated",
@@ -56,22 +55,7 @@ def test_masked_dataset_gives_pixel_metrics(tmp_path, mixed_sizes):
     masks checked against their own image, then resized with the anomaly maps)."""
     cat = _dataset(tmp_path / "data", mixed_sizes)
     w = tmp_path / "work"
-    feats = [str(w / "features" / "blocks.2.parquet")]
-    spec = spec_json(EXPERIMENT)
-    steps = [
-        ["manifest", "--domain-root", str(cat), "--kind", "mvtec", "--out", str(w / "m.parquet")],
-        ["extract", "--manifest", str(w / "m.parquet"), "--spec", spec_json(BACKBONE),
-         "--out-dir", str(w / "features"), "--quiet"],
-        ["fit", "--manifest", str(w / "m.parquet"), "--features", *feats, "--spec", spec,
-         "--out", str(w / "model"), "--meta", str(w / "b.json")],
-        ["score", "--manifest", str(w / "m.parquet"), "--features", *feats, "--spec", spec,
-         "--model", str(w / "model"), "--meta", str(w / "b.json"), "--out",
-         str(w / "s.parquet")],
-        ["metrics", "--scores", str(w / "s.parquet"), "--meta", str(w / "b.json"),
-         "--manifest", str(w / "m.parquet"), "--features", *feats, "--domain", "widget",
-         "--out", str(w / "r.json")],
-    ]
-    for step in steps:
+    for step in mvtec_run_steps(cat, w, BACKBONE, EXPERIMENT):
         assert main(step) == 0, step[0]
     m = json.loads((w / "r.json").read_text())
     assert m["metrics"]["auroc"] == 1.0
@@ -89,18 +73,13 @@ def test_hdmap_without_masks_reports_no_pixel_metrics(tmp_path):
 def test_per_position_method_is_refused_on_mixed_sizes_under_aspect_pad(tmp_path, capsys):
     cat = _dataset(tmp_path / "data", mixed_sizes=True)
     w = tmp_path / "work"
-    feats = [str(w / "features" / "blocks.2.parquet")]
     backbone = {**BACKBONE, "resize": "aspect-pad"}
     padim = {**EXPERIMENT, "method": {"name": "padim"}}
-    for step in (
-        ["manifest", "--domain-root", str(cat), "--kind", "mvtec", "--out", str(w / "m.parquet")],
-        ["extract", "--manifest", str(w / "m.parquet"), "--spec", spec_json(backbone),
-         "--out-dir", str(w / "features"), "--quiet"],
-    ):
+    manifest, extract, fit, *_ = mvtec_run_steps(cat, w, backbone, padim)
+    for step in (manifest, extract):
         assert main(step) == 0, step[0]
     capsys.readouterr()
-    assert main(["fit", "--manifest", str(w / "m.parquet"), "--features", *feats, "--spec",
-                 spec_json(padim), "--out", str(w / "model"), "--meta", str(w / "b.json")]) == 2
+    assert main(fit) == 2
     assert "experiments.ungated.method: padim models each patch position" in \
         capsys.readouterr().err
     assert not (w / "model").exists()
