@@ -139,3 +139,75 @@ def test_verdict_coverage_prints_the_grid(tmp_path):
     assert all(0 <= r["coverage"] <= 1 and r["lower"] <= r["coverage"] <= r["upper"]
                for r in result["rows"])
     assert (tmp_path / "verdict_coverage.md").read_text().count("\n| ") == 1 + 26
+
+
+def test_selection_real_part_params_ties_and_table(tmp_path):
+    # the real-data part's pieces, without the pipeline: its params parse (few-shot train/good
+    # references, gate mixed, the same grids and recipes), and ties give tau n/a, not 0
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import selection
+
+    from hdmap_ad.config import parse_params
+
+    for quick, k, size, grids in ((False, 16, 256, selection.GRIDS),
+                                  (True, 4, 128, selection.QUICK_REAL_GRIDS)):
+        params = selection.real_params(quick, root=tmp_path)
+        p = parse_params(params)
+        assert (p.dataset.kind, p.domains) == ("mvtec", (selection.REAL_DOMAIN,))
+        assert p.backbones["effnet_lite2"].input_size == size
+        assert set(p.selections) == {f"{m}_{r}" for m in grids for r in selection.RECIPES}
+        assert selection.grids_of(params) == grids
+        for plan in p.selections.values():
+            for point in plan.points:
+                exp = p.experiments[point.key]
+                assert (exp.gate, exp.references.protocol, exp.references.k) == (
+                    "mixed", "train", k)
+    tau, why = selection.kendall_tau_b([0.9, 0.8, 0.7], [0.5, 0.7, 0.6])
+    assert abs(tau + 1 / 3) < 1e-12 and why is None
+    assert selection.kendall_tau_b([0.9, 0.8], [1.0, 1.0]) == (
+        None, "test AUROC the same at every point")
+    assert selection.kendall_tau_b([1.0, 1.0], [1.0, 1.0])[0] is None
+
+    rows = [{"dataset": "mvtec_bottle", "domain": selection.REAL_DOMAIN, "method": "patchcore",
+             "recipe": "cutpaste", "strength": "all", "validation_auroc": [1.0, 1.0],
+             "test_auroc": [1.0, 1.0], "points": [{}, {}], "default": 0,
+             **selection.grid_figures([1.0, 1.0], [1.0, 1.0], [20, 10], 0)}]
+    assert rows[0]["regret"] == 0 and rows[0]["chosen"] == 1  # the tie rule: smaller model
+    [s] = selection.summarize(rows)
+    assert (s["tau"], s["tau_domains"], s["test_tied"], s["validation_saturated"]) == (
+        None, 0, 1, 1)
+    real = {"dataset": "mvtec_bottle", "status": "ran", "reason": None, "mode": "quick",
+            "root": str(tmp_path), "domain": selection.REAL_DOMAIN,
+            "references": {"k": 4, "pick": "random", "seed": 0, "protocol": "train"},
+            "deploy_folds": 4, "gate": "mixed", "layers": ["blocks.2"], "input_size": 128,
+            "per_reference": 3, "grids": selection.QUICK_REAL_GRIDS, "wall_s": 1.0}
+    result = {"mode": "quick", "machine": "m", "date": "d", "wall_s": 1.0, "domains": ["C"],
+              "grids": {}, "real": real, "summary": [s], "rows": rows}
+    md = selection.markdown(result)
+    assert ("| mvtec_bottle | patchcore | cutpaste | all | n/a (0) | 0.000 | 0.000 | 0.000 "
+            "| 1/1 | 1/1 | 1/1 |") in md
+    assert "validation and test AUROC the same at every point" in md
+    assert "| method | recipe | C | mvtec_bottle |" in md
+    skipped = {"dataset": "mvtec_bottle", "status": "skipped", "reason": "x not found"}
+    assert "mvtec_bottle: skipped (x not found)." in selection.markdown(
+        {**result, "real": skipped, "summary": [], "rows": []})
+
+
+def test_selection_real_part_skips_with_one_line(tmp_path, monkeypatch, capsys):
+    import argparse
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import selection
+
+    monkeypatch.setattr(selection, "REAL_ROOT", tmp_path / "absent")
+    args = argparse.Namespace(no_real=False, collect_only=False, real_project=None,
+                              project=str(tmp_path / "bench"), cores=1)
+    rows, info = selection.real_part(args, quick=True)
+    assert rows == [] and info["status"] == "skipped" and "not found" in info["reason"]
+    rows, info = selection.real_part(argparse.Namespace(**{**vars(args), "no_real": True}),
+                                     quick=True)
+    assert rows == [] and info["reason"] == "--no-real given"
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(e.startswith("real data (mvtec_bottle): skipped: ")
+                                 for e in err)
+    assert not (tmp_path / "bench-real").exists()  # nothing laid out, nothing run
