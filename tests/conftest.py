@@ -236,6 +236,30 @@ def run_snakemake(root: Path, *args: str, cores: int = DEPLOY_RUN_CORES) -> str:
     return out
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """``<base>/<name>``, made by ``build(folder)`` once per test session, also when
+    pytest-xdist runs the session in several workers (``make test`` runs two): the workers
+    share the folder above their own temp folders, and a file lock lets the first worker that
+    asks build it while the others wait and then read it. A build that failed half-way leaves
+    no ``<name>.built`` mark beside it; the next worker to ask starts it afresh (and fails
+    the same way)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # pytest-of-<user>/pytest-<n>/, shared by this session's workers
+    root = base / name
+    with FileLock(str(base / f"{name}.lock")):
+        done = base / f"{name}.built"
+        if not done.is_file():
+            if root.exists():
+                shutil.rmtree(root)  # this session's own temp folder, from a failed build
+            root.mkdir()
+            build(root)
+            done.touch()
+    return root
+
+
 @pytest.fixture(scope="session")
 def deploy_run(tmp_path_factory) -> Path:
     """A project copy after ``snakemake`` built :data:`DEPLOY_RUN_PARAMS`' metrics, the
@@ -244,12 +268,13 @@ def deploy_run(tmp_path_factory) -> Path:
     (:func:`copy_built_project`)."""
     import yaml
 
-    root = tmp_path_factory.mktemp("deploy_run")
-    copy_project(root)
-    (root / "params.yaml").write_text(yaml.safe_dump(DEPLOY_RUN_PARAMS, sort_keys=False))
-    run_snakemake(root, "results/hypotheses/H_soft.json", "results/models/domainC_gated",
-                  "results/models/domainC_soft")
-    return root
+    def build(root: Path) -> None:
+        copy_project(root)
+        (root / "params.yaml").write_text(yaml.safe_dump(DEPLOY_RUN_PARAMS, sort_keys=False))
+        run_snakemake(root, "results/hypotheses/H_soft.json", "results/models/domainC_gated",
+                      "results/models/domainC_soft")
+
+    return built_once(tmp_path_factory, "deploy_run", build)
 
 
 #: The tiny run behind the DAG tests (tests/test_pipeline.py): :data:`DEPLOY_RUN_PARAMS`'
@@ -296,11 +321,12 @@ def pipeline_run(deploy_run: Path, tmp_path_factory) -> Path:
     data or outputs works on a copy (:func:`copy_built_project`)."""
     import yaml
 
-    root = copy_built_project(deploy_run, tmp_path_factory.mktemp("pipeline_run"),
-                              SHARED_WITH_DEPLOY_RUN)
-    (root / "params.yaml").write_text(yaml.safe_dump(PIPELINE_RUN_PARAMS, sort_keys=False))
-    run_snakemake(root, "all")
-    return root
+    def build(root: Path) -> None:
+        copy_built_project(deploy_run, root, SHARED_WITH_DEPLOY_RUN)
+        (root / "params.yaml").write_text(yaml.safe_dump(PIPELINE_RUN_PARAMS, sort_keys=False))
+        run_snakemake(root, "all")
+
+    return built_once(tmp_path_factory, "pipeline_run", build)
 
 
 def mvtec_run_steps(category: Path, work: Path, backbone: dict, experiment: dict,
