@@ -23,12 +23,12 @@ demo: install
 	PATH=$(abspath $(BIN)):$$PATH snakemake --cores $(CORES) --profile profiles/default all
 	@echo "metrics: results/metrics.json and results/domain*_*.json"
 
-# Two pytest workers (CI has 2 cores); a test file runs whole in one worker, so its module
-# fixtures are built once, and the session's tiny pipeline runs once for both (tests/conftest.py
-# built_once). TEST_WORKERS=0 runs the suite in one process.
+# Two pytest workers (CI has 2 cores), fed test by test; a file with a module-scoped fixture
+# goes whole to one worker, so it is built once, and the session's tiny pipeline runs once for
+# both (tests/conftest.py: pytest_xdist_make_scheduler). TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: install
-	PATH=$(abspath $(BIN)):$$PATH python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	PATH=$(abspath $(BIN)):$$PATH python -m pytest -q -n $(TEST_WORKERS)
 
 # Benchmarks (figures printed and written under results/benchmarks/). anomalib gets its own
 # environment so its pins never touch ours.

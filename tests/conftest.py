@@ -29,6 +29,37 @@ import tifffile
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``make test``'s pytest workers (pytest-xdist) are fed test by test, the longest work
+    first, except that a file with a module-scoped fixture goes whole to one worker, so the
+    fixture is built once. The session's tiny runs are shared by :func:`built_once`.
+
+    (xdist's own ``--dist loadgroup`` would do this with markers, but it renames node ids
+    through an attribute pytest 9 no longer reads.)"""
+    if config.getvalue("dist") != "load":  # another --dist asked for by hand
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    whole: dict[str, bool] = {}
+
+    def keeps_whole(file: str) -> bool:
+        if file not in whole:
+            path = Path(config.rootpath) / file
+            whole[file] = path.suffix == ".py" and path.is_file() and bool(
+                re.search(r"""scope\s*=\s*["']module["']""", path.read_text()))
+        return whole[file]
+
+    class WholeFilesWhereTheyShare(LoadScopeScheduling):
+        # the units go out biggest first (xdist's loadscope reorder): whole files, then tests
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::", 1)[0]
+            return file if keeps_whole(file) else nodeid
+
+    return WholeFilesWhereTheyShare(config, log)
+
+
 def dry_run_jobs(dry_run_output: str) -> dict[str, int]:
     """Job counts per rule from Snakemake's dry-run summary table."""
     m = re.search(r"Job stats:\n(.*?)\n\n", dry_run_output + "\n\n", re.S)
