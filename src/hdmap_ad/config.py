@@ -22,7 +22,8 @@ from hdmap_ad.data.kinds import SYNTHETIC_ROOT, Provides, get_kind, kind_names
 from hdmap_ad.errors import InputError
 from hdmap_ad.features.context import ContextConfig
 from hdmap_ad.gating import GateConfig, gate_names, get_gate
-from hdmap_ad.methods import METHODS, MethodConfig, method_schema
+from hdmap_ad.methods import MethodConfig, method_schema
+from hdmap_ad.registry import Registry
 from hdmap_ad.selection.grid import SelectionPlan, is_selection, parse_selections
 from hdmap_ad.specs import (  # noqa: F401  (re-exported: one place to import configs from)
     PROTOCOLS,
@@ -456,12 +457,11 @@ def params_schema(schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=4)
-def _validator(schema_path: Path, mtime_ns: int, gates: tuple[str, ...] = (),
-               kinds: tuple[str, ...] = (), methods: tuple[tuple[str, type], ...] = ()) -> Any:
+def _validator(schema_path: Path, mtime_ns: int, registry_changes: int = 0) -> Any:
     """The schema's validator, built once per schema file version (parsing the schema YAML
     took 30 ms of every params parse: the DAG, each step, and the params fuzz tests) and
-    per set of registered ``gates``, ``kinds`` and ``methods`` (name and options type: one
-    registered at run time joins its enum)."""
+    per state of the method, gate and dataset-kind registries (``Registry.changes``: a
+    method, gate or kind registered at run time joins the schema)."""
     import jsonschema
 
     return jsonschema.Draft7Validator(params_schema(schema_path))
@@ -469,8 +469,7 @@ def _validator(schema_path: Path, mtime_ns: int, gates: tuple[str, ...] = (),
 
 def validate_params(raw: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> None:
     """Validate raw params against the JSON schema; the error names the offending key path."""
-    validator = _validator(schema_path, schema_path.stat().st_mtime_ns, gate_names(),
-                           kind_names(), tuple((n, m.Options) for n, m in METHODS.items()))
+    validator = _validator(schema_path, schema_path.stat().st_mtime_ns, Registry.changes)
     errors = sorted(validator.iter_errors(raw), key=lambda e: list(e.absolute_path))
     if errors:
         err = errors[0]

@@ -47,7 +47,12 @@ class Registry(Generic[T]):
     Attributes:
         entries: the live ``name -> item`` dict (the module-level ``METHODS``, ``GATES`` and
             ``KINDS`` are this very dict, so code that reads them sees run-time additions).
+        changes: class-wide count of run-time registrations and removals in any registry:
+            what is derived from the registries (the params schema's validator) is cached
+            per value of it.
     """
+
+    changes: int = 0
 
     def __init__(self, what: str, builtins: Iterable[T], unknown: str = UNKNOWN) -> None:
         self.what = what
@@ -70,6 +75,7 @@ class Registry(Generic[T]):
         if name in self.entries:
             raise ValueError(f"{self.what} {name!r} is registered already")
         self.entries[name] = item
+        Registry.changes += 1
         return item
 
     def unregister(self, name: str) -> None:
@@ -80,7 +86,8 @@ class Registry(Generic[T]):
         """
         if name in self.builtins:
             raise ValueError(f"{name!r} is a built-in {self.what}")
-        self.entries.pop(name, None)
+        if self.entries.pop(name, None) is not None:
+            Registry.changes += 1
 
     def get(self, name: str, where: str) -> T:
         """The item called ``name``; an unknown (or unhashable) name is an ``InputError``
