@@ -9,7 +9,6 @@ commit 863ee2e on the same seeded descriptors).
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import numpy as np
@@ -67,29 +66,19 @@ def _arrays(n_ref: int = N_REF, band: float = 3.0, grid: tuple[int, int] = (H, W
 BAND_GRID, BAND_ROW = (8, 12), 5
 
 
-# The fixtures below are made once per test process (functools.cache), not per module: a
-# module-scoped fixture would keep this file whole on one pytest worker (tests/conftest.py).
-@pytest.fixture
+# Session-scoped (made once per test process), not module-scoped: a module-scoped fixture
+# would keep this file whole on one pytest worker (tests/conftest.py).
+@pytest.fixture(scope="session")
 def detectable():
     """More references, a larger grid and a stronger band: every method, image-level ones
     included, must rank the fault maps first within their condition."""
-    return _detectable()
-
-
-@functools.cache
-def _detectable():
     return _arrays(n_ref=40, band=6.0, grid=BAND_GRID, row=BAND_ROW)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def arrays():
     """Seeded reference/test descriptors with cold/warm offsets and a horizontal fault band
     (the same recipe as the regression file)."""
-    return _contract_arrays()
-
-
-@functools.cache
-def _contract_arrays():
     ref, test = _arrays()
     refs = pd.DataFrame({"image_id": [f"r{i}" for i in range(N_REF)],
                          "condition": ["cold"] * 6 + ["warm"] * 6,
