@@ -32,9 +32,10 @@ BIN = Path(sys.executable).parent
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """``make test``'s pytest workers (pytest-xdist) are fed test by test, the longest work
-    first, except that a file with a module-scoped fixture goes whole to one worker, so the
-    fixture is built once. The session's tiny runs are shared by :func:`built_once`.
+    """``make test``'s pytest workers (pytest-xdist) are fed test by test, except that a file
+    with a module-scoped fixture goes whole to one worker, so the fixture is built once; the
+    units with the most tests go out first (xdist's loadscope order). The session's tiny
+    runs are shared by :func:`built_once`.
 
     (xdist's own ``--dist loadgroup`` would do this with markers, but it renames node ids
     through an attribute pytest 9 no longer reads.)"""
@@ -52,7 +53,6 @@ def pytest_xdist_make_scheduler(config, log):
         return whole[file]
 
     class WholeFilesWhereTheyShare(LoadScopeScheduling):
-        # the units go out biggest first (xdist's loadscope reorder): whole files, then tests
         def _split_scope(self, nodeid: str) -> str:
             file = nodeid.split("::", 1)[0]
             return file if keeps_whole(file) else nodeid
