@@ -176,10 +176,15 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
                     shutil.rmtree(leftover, ignore_errors=True)
 
 
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a temp file beside it, renamed over it)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as JSON with a stable layout (keys in the caller's order, 2-space indent)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
+    write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
 def write_table(path: str | os.PathLike[str], table: pa.Table) -> None:

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from hdmap_ad.errors import InputError
-from hdmap_ad.io import atomic_dir, atomic_path, write_location
+from hdmap_ad.io import atomic_dir, write_location, write_text
 
 #: The marker file in every folder hdmap-ad makes (hidden: data scans skip it).
 MARKER = ".hdmap-ad"
@@ -50,8 +50,7 @@ def is_marked(folder: PathLike) -> bool:
 
 def mark(folder: PathLike) -> None:
     """Write :data:`MARKER` into ``folder``."""
-    with atomic_path(Path(folder) / MARKER) as tmp:
-        tmp.write_text(MARKER_TEXT)
+    write_text(Path(folder) / MARKER, MARKER_TEXT)
 
 
 def _id(path: Path) -> tuple[int, int] | None:

@@ -25,7 +25,7 @@ import json
 import os
 from pathlib import Path
 
-from hdmap_ad.io import atomic_path
+from hdmap_ad.io import write_text
 
 #: Written by ``synthesize`` beside the maps: the fingerprint of what it generated.
 GENERATED_MARK = ".fingerprint"
@@ -77,16 +77,15 @@ def fingerprint(root: str | Path, cache: str | Path | None = None) -> str:
         fresh[rel] = [*key, digest]
         h.update(f"{rel}:{digest}\n".encode())
     if cache is not None and fresh != known:
-        with contextlib.suppress(OSError), atomic_path(cache) as tmp:
-            tmp.write_text(json.dumps(fresh, sort_keys=True))
+        with contextlib.suppress(OSError):
+            write_text(cache, json.dumps(fresh, sort_keys=True))
     return h.hexdigest()
 
 
 def mark_generated(root: str | Path) -> str:
     """Record the fingerprint of freshly generated data in ``root/.fingerprint``."""
     digest = fingerprint(root)
-    with atomic_path(Path(root) / GENERATED_MARK) as tmp:
-        tmp.write_text(digest + "\n")
+    write_text(Path(root) / GENERATED_MARK, digest + "\n")
     return digest
 
 

@@ -105,19 +105,17 @@ def aggregate_step(inputs: list[str], out: str | Path, markdown_out: str | Path 
     import csv
     import io
 
-    from hdmap_ad.io import atomic_path, read_json, write_json
+    from hdmap_ad.io import read_json, write_json, write_text
 
     by_target = {target_name(p): read_json(p) for p in inputs}
     table = compact(by_target)
     write_json(out, table)
     if markdown_out:
-        with atomic_path(markdown_out) as tmp:
-            tmp.write_text(markdown(table))
+        write_text(markdown_out, markdown(table))
     if csv_out:
         rows = summary_rows(entries or [], by_target)
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        with atomic_path(csv_out) as tmp:
-            tmp.write_text(buf.getvalue())
+        write_text(csv_out, buf.getvalue())

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from hdmap_ad.config import CLAIMS  # table and plot order
 from hdmap_ad.data.maps import read_map
 from hdmap_ad.gating import is_per_condition
-from hdmap_ad.io import atomic_path, read_json
+from hdmap_ad.io import atomic_path, read_json, write_text
 from hdmap_ad.metrics.pixel import anomaly_map
 from hdmap_ad.report.figures import (
     anomaly_map_grid,
@@ -445,5 +445,4 @@ def build_report(spec: dict[str, Any], out: str | Path,
             write_roc_csv(Path(spec["plots"]) / f"{label}_{experiment}.csv", y, s)
         lines += [f"### {label}", "", f"![{label} ROC]({_rel(roc, out.parent)})", ""]
         lines += [f"![{p.stem}]({_rel(p, out.parent)})" for p in made] + [""]
-    with atomic_path(out) as tmp:
-        tmp.write_text("\n".join(lines))
+    write_text(out, "\n".join(lines))

@@ -398,7 +398,7 @@ def leaderboard_step(spec: dict[str, Any], out_json: str | Path, out_md: str | P
                      out_figure: str | Path) -> None:
     """The ``leaderboard`` step: compute everything, then write the diagram, the markdown
     and the JSON (each atomically; the JSON last, so it exists only beside the others)."""
-    from hdmap_ad.io import atomic_path, write_json
+    from hdmap_ad.io import write_json, write_text
 
     out_md = Path(out_md)
     outs = {"--out": Path(out_json), "--markdown": out_md, "--figure": Path(out_figure)}
@@ -415,8 +415,7 @@ def leaderboard_step(spec: dict[str, Any], out_json: str | Path, out_md: str | P
     cd_diagram(result, out_figure)
     figure = Path(out_figure)
     rel = figure.name if figure.parent.resolve() == out_md.parent.resolve() else str(figure)
-    with atomic_path(out_md) as tmp:
-        tmp.write_text(markdown(result, rel))
+    write_text(out_md, markdown(result, rel))
     write_json(out_json, result)
 
 
