@@ -475,7 +475,7 @@ class Inspector:
 
         exp = self.experiment
         lay, domain = self.run.layout, self.target.domain
-        paths = [str(Path(lay.features(domain, exp.backbone, layer))) for layer in exp.layers]
+        paths = [lay.features(domain, exp.backbone, layer) for layer in exp.layers]
         # input_map names a raw backbone with one layer: its one cache file
         inputs = (sorted(Path(lay.features_dir(domain, exp.input_map)).glob("*.parquet"))
                   if exp.input_map else [])
